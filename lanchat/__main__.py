@@ -1,0 +1,5 @@
+"""python -m lanchat"""
+
+from lanchat.cli import main
+
+main()

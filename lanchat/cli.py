@@ -1,0 +1,356 @@
+"""The `lanchat` command: parses options and wires them to a Node; no protocol logic here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import getpass
+import json
+import re
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from lanchat import __version__
+from lanchat import config as cfg
+from lanchat import events as ev
+from lanchat.codec import check_nick, check_text
+from lanchat.errors import ConfigError, LanchatError
+from lanchat.node import Node
+
+T = TypeVar("T")
+
+# Exit codes of `lanchat send` beyond 0 (delivered), 1 (error) and 2 (usage).
+EXIT_FAILED = 3  # no acknowledgement and the peer was not heard: not delivered
+EXIT_UNCONFIRMED = 4  # no acknowledgement but the peer was alive: may have arrived
+
+
+class GroupType(click.ParamType):  # type: ignore[type-arg]
+    """An IPv4 multicast group address."""
+
+    name = "GROUP"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return cfg.check_group(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class NickType(click.ParamType):  # type: ignore[type-arg]
+    """A nickname: 1-32 bytes, no spaces or control characters."""
+
+    name = "NICK"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_nick(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def default_nick() -> str:
+    """The login name, cleaned up to a valid nickname."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "anon"
+    name = re.sub(r"[\s\x00-\x1f]+", "", name)[:32] or "anon"
+    return name
+
+
+@dataclasses.dataclass
+class Common:
+    """Options every command takes."""
+
+    group: str
+    port: int
+    interfaces: tuple[str, ...]
+    exclude: tuple[str, ...]
+    ttl: int
+    nick: str
+
+    def node(self, **kwargs: Any) -> Node:
+        node = Node(
+            kwargs.pop("nick", self.nick),
+            group=self.group,
+            port=self.port,
+            interfaces=self.interfaces,
+            exclude_interfaces=self.exclude,
+            ttl=self.ttl,
+            **kwargs,
+        )
+        if node.choice.loopback_only and not self.interfaces:
+            click.echo(
+                "lanchat: only the loopback interface is usable: you will reach this machine only",
+                err=True,
+            )
+        return node
+
+
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared network options (each also read from a LANCHAT_* variable)."""
+    options = [
+        click.option("--group", type=GroupType(), default=cfg.DEFAULT_GROUP, show_default=True,
+                     envvar="LANCHAT_GROUP", help="Multicast group (224.0.0.0/4)."),
+        click.option("--port", type=click.IntRange(1, 65535), default=cfg.DEFAULT_PORT,
+                     show_default=True, envvar="LANCHAT_PORT", help="UDP port of the group."),
+        click.option("--interface", "-i", "interfaces", multiple=True, envvar="LANCHAT_INTERFACE",
+                     metavar="NAME|ADDRESS",
+                     help="Use this interface (repeatable). Default: every usable one."),
+        click.option("--exclude-interface", "exclude", multiple=True,
+                     envvar="LANCHAT_EXCLUDE_INTERFACE", metavar="NAME|ADDRESS",
+                     help="Never use this interface (repeatable)."),
+        click.option("--ttl", type=click.IntRange(1, 255), default=cfg.DEFAULT_TTL,
+                     show_default=True, envvar="LANCHAT_TTL",
+                     help="Multicast TTL; 1 keeps traffic on the local network."),
+        click.option("--nick", "-n", type=NickType(), default=default_nick,
+                     envvar="LANCHAT_NICK", help="Your nickname (default: login name)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _common(kwargs: dict[str, Any]) -> Common:
+    return Common(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(Common)})
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a command's coroutine; SIGTERM cancels it; LanchatError becomes one line and exit 1."""
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coro_fn()
+
+    try:
+        return asyncio.run(main())
+    except LanchatError as exc:
+        fail(str(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        sys.exit(0)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit."""
+    click.echo(f"lanchat: {message}", err=True)
+    sys.exit(code)
+
+
+def peer_json(peer: ev.PeerInfo, now: float) -> dict[str, Any]:
+    """A peer as a JSON object."""
+    data = dataclasses.asdict(peer)
+    data["short_id"] = peer.short_id
+    data["rooms"] = list(peer.rooms)
+    data["addresses"] = list(peer.addresses)
+    data["last_heard"] = round(max(0.0, now - peer.last_heard), 3)
+    return data
+
+
+def event_json(event: ev.Event, now: float) -> dict[str, Any]:
+    """An event as a JSON object: {"event": "peer_joined", "time": ..., fields...}."""
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+    out: dict[str, Any] = {"event": name, "time": round(time.time(), 3)}
+    for field in dataclasses.fields(event):
+        value = getattr(event, field.name)
+        out[field.name] = peer_json(value, now) if isinstance(value, ev.PeerInfo) else value
+    return out
+
+
+def _text(words: tuple[str, ...]) -> str:
+    """Join the words of a message and check it before touching the network."""
+    try:
+        return check_text(" ".join(words))
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "LANCHAT", "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="lanchat")
+def cli() -> None:
+    """Serverless chat, presence and notices for the local network.
+
+    Peers find each other by UDP multicast; no server anywhere. Every command
+    takes --interface, --group, --port, --ttl and --nick (or LANCHAT_INTERFACE,
+    LANCHAT_GROUP, ... in the environment).
+    """
+
+
+@cli.command()
+@common_options
+@click.option("--room", "-r", "rooms", multiple=True, envvar="LANCHAT_ROOM", metavar="ROOM",
+              help="Room to join (repeatable; default lobby). The first is current.")  # fmt: skip
+def join(rooms: tuple[str, ...], **kwargs: Any) -> None:
+    """Chat interactively (reads lines from stdin when it is not a terminal)."""
+    common = _common(kwargs)
+    from lanchat.chat import run_join
+
+    async def go() -> int:
+        node = common.node(rooms=rooms or (cfg.DEFAULT_ROOM,))
+        await node.start()
+        try:
+            code: int = await run_join(node, interactive=sys.stdin.isatty(), room=node.rooms[0])
+            return code
+        finally:
+            await node.close()
+
+    sys.exit(run(go))
+
+
+@cli.command()
+@common_options
+@click.option("--wait", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
+              help="Seconds to collect answers.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def peers(wait: float, as_json: bool, **kwargs: Any) -> None:
+    """List the peers on the LAN (asks the group; peers answer at once)."""
+    common = _common(kwargs)
+
+    async def go() -> tuple[list[ev.PeerInfo], float]:
+        async with common.node(member=False) as node:
+            await asyncio.sleep(wait)
+            return node.peers(), _loop_time()
+
+    found, now = run(go)
+    if as_json:
+        click.echo(json.dumps([peer_json(p, now) for p in found], indent=2))
+        return
+    if not found:
+        click.echo("no peers found", err=True)
+        return
+    rows = [("NICK", "ID", "HOST", "ADDRESS", "ROOMS", "STATUS", "HEARD")]
+    for p in found:
+        status = p.status if p.state == "alive" else p.state
+        if p.status_text:
+            status += f" ({p.status_text})"
+        rows.append((p.nick, p.short_id, p.host, f"{p.address}:{p.port}", ",".join(p.rooms),
+                     status, f"{max(0.0, now - p.last_heard):.1f}s ago"))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@common_options
+@click.option("--wait", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
+              help="Seconds to wait for acknowledgements.")  # fmt: skip
+@click.argument("text", nargs=-1, required=True)
+def notice(wait: float, text: tuple[str, ...], **kwargs: Any) -> None:
+    """Send a notice to every peer on the LAN and report who acknowledged it."""
+    common = _common(kwargs)
+    message = _text(text)
+
+    async def go() -> tuple[set[str], list[ev.PeerInfo]]:
+        async with common.node(member=False) as node:
+            acks = node.subscribe()
+            await asyncio.sleep(0.3)  # let the peers answer the query first
+            seq = await node.notice(message)
+            acked: set[str] = set()
+            deadline = _loop_time() + wait
+            while (remaining := deadline - _loop_time()) > 0:
+                known = {p.peer_id for p in node.peers()}
+                if known and known <= acked:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    event = await asyncio.wait_for(acks.get(), remaining)
+                    if isinstance(event, ev.NoticeAcknowledged) and event.seq == seq:
+                        acked.add(event.peer_id)
+            return acked, node.peers()
+
+    acked, known = run(go)
+    missing = [p.nick for p in known if p.peer_id not in acked]
+    line = f"notice sent; acknowledged by {len(acked)} of {len(known)} known peers"
+    if missing:
+        line += f" (no acknowledgement from {', '.join(sorted(missing))})"
+    click.echo(line)
+
+
+@cli.command()
+@common_options
+@click.option("--to", "to", required=True, metavar="PEER", help="Nickname or peer id prefix.")
+@click.option("--wait", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
+              help="Seconds to look for the peer.")  # fmt: skip
+@click.argument("text", nargs=-1, required=True)
+def send(to: str, wait: float, text: tuple[str, ...], **kwargs: Any) -> None:
+    """Send one direct message; exit 0 only when the peer acknowledged it.
+
+    Exit 3: no acknowledgement and nothing heard from the peer. Exit 4: no
+    acknowledgement although the peer was heard (it may have the message).
+    """
+    common = _common(kwargs)
+    message = _text(text)
+
+    async def go() -> tuple[ev.PeerInfo, ev.DirectDelivered | ev.DirectFailed]:
+        async with common.node(member=False) as node:
+            await node.lookup(to, wait)
+            # A second peer of the same name may answer a moment later: look again.
+            await asyncio.sleep(0.1)
+            peer = node.find_peer(to)
+            return peer, await node.send_direct_wait(peer.peer_id, message)
+
+    peer, outcome = run(go)
+    if isinstance(outcome, ev.DirectDelivered):
+        click.echo(f"delivered to {peer.nick} ({peer.short_id} on {peer.host})")
+        return
+    tries = outcome.attempts
+    if outcome.peer_alive:
+        fail(
+            f"unconfirmed: {peer.nick} was heard but never acknowledged after {tries} tries;"
+            " it may have the message",
+            EXIT_UNCONFIRMED,
+        )
+    fail(f"failed: no acknowledgement from {peer.nick} after {tries} tries", EXIT_FAILED)
+
+
+@cli.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--room", "-r", "rooms", multiple=True, metavar="ROOM",
+              help="Rooms to show as joined (chat of every room is printed anyway).")  # fmt: skip
+def listen(as_json: bool, rooms: tuple[str, ...], **kwargs: Any) -> None:
+    """Print every event (peers, chat in all rooms, notices, direct messages)."""
+    common = _common(kwargs)
+
+    def emit(event: ev.Event | dict[str, Any], now: float) -> None:
+        data = event if isinstance(event, dict) else event_json(event, now)
+        if as_json:
+            click.echo(json.dumps(data, ensure_ascii=False))
+        else:
+            fields = " ".join(f"{k}={v!r}" for k, v in data.items() if k not in ("event", "time"))
+            click.echo(f"{data['event']}: {fields}")
+        sys.stdout.flush()
+
+    async def go() -> None:
+        node = common.node(rooms=rooms or (cfg.DEFAULT_ROOM,), all_rooms=True)
+        queue = node.subscribe()
+        await node.start()
+        try:
+            emit({"event": "started", "time": round(time.time(), 3), "peer_id": node.peer_id,
+                  "nick": node.nick, "port": node.unicast_port,
+                  "interfaces": [i.name for i in node.choice.used]}, 0.0)  # fmt: skip
+            while True:
+                emit(await queue.get(), _loop_time())
+        finally:
+            await node.close()
+
+    run(go)
+
+
+def main() -> None:
+    """Entry point of the `lanchat` command."""
+    cli(prog_name="lanchat")

@@ -1,0 +1,399 @@
+"""Wire codec: datagram bytes <-> message dataclasses (protocol version 1).
+
+The format is specified in PROTOCOL.md beside this file. Invariant: for any
+bytes, `decode()` returns a message or raises `DecodeError`, nothing else.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from lanchat.errors import ConfigError
+
+MAGIC: Final = b"LC"
+VERSION: Final = 1
+FLAG_SEALED: Final = 0x01  # reserved for keyed groups; a v1 plain decoder drops it
+HEADER: Final = MAGIC + bytes([VERSION, 0])
+
+# Sizes. 1200 bytes stays under every real LAN's MTU (IPv6 minimum 1280) with
+# room for IP/UDP headers; 32 bytes are kept back for an AEAD seal later.
+MAX_DATAGRAM: Final = 1200
+SEAL_RESERVE: Final = 32
+MAX_PLAIN: Final = MAX_DATAGRAM - SEAL_RESERVE
+MAX_NICK_BYTES: Final = 32  # fits a terminal column and a heartbeat
+MAX_ROOM_BYTES: Final = 32
+MAX_ROOMS: Final = 16  # 16 x 34 bytes keeps a heartbeat under QUERY_SIZE
+MAX_HOST_BYTES: Final = 64  # longer host names are truncated by the sender
+MAX_STATUS_BYTES: Final = 64
+MAX_TEXT_BYTES: Final = 1000  # worst-case chat datagram is ~1110 bytes < MAX_PLAIN
+# A query is padded to this size so that the unicast heartbeat sent in answer
+# (at most ~800 bytes) is never larger: no amplification (cf. QUIC's padded
+# Initial, RFC 9000 section 8.1).
+QUERY_SIZE: Final = 840
+MAX_INTERVAL_MS: Final = 3_600_000
+ID_BYTES: Final = 8
+
+STATUS_ONLINE: Final = "online"
+STATUS_AWAY: Final = "away"
+_STATUSES: Final = (STATUS_ONLINE, STATUS_AWAY)
+
+T_BEAT, T_QUERY, T_BYE, T_CHAT, T_NOTICE, T_DIRECT, T_ACK, T_PING, T_PONG = range(1, 10)
+
+
+class DecodeError(Exception):
+    """A datagram is not a valid lanchat v1 message (internal to the receive path)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """Announcement and heartbeat: who the sender is and how to reach it."""
+
+    sender: bytes
+    instance: int
+    nick: str
+    host: str
+    uport: int
+    status: str
+    status_text: str
+    rooms: tuple[str, ...]
+    last_seq: int
+    interval_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Who is there? Members answer with a unicast Beat to (source ip, uport)."""
+
+    sender: bytes
+    instance: int
+    uport: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """Graceful leave."""
+
+    sender: bytes
+    instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """A room message, multicast; seq is the sender's multicast stream counter."""
+
+    sender: bytes
+    instance: int
+    seq: int
+    nick: str
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A message to every peer, multicast and repeated; acknowledged by unicast."""
+
+    sender: bytes
+    instance: int
+    seq: int
+    nick: str
+    text: str
+    uport: int
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """A direct message, unicast, acknowledged and retried."""
+
+    sender: bytes
+    instance: int
+    msg_id: int
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Acknowledges a Notice (kind T_NOTICE, ref=seq) or Direct (kind T_DIRECT, ref=msg_id)."""
+
+    sender: bytes
+    instance: int
+    kind: int
+    ref: int
+    ref_instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Unicast liveness check of a silent peer."""
+
+    sender: bytes
+    instance: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer to a Ping, echoing its token."""
+
+    sender: bytes
+    instance: int
+    token: int
+
+
+Message = Beat | Query | Bye | Chat | Notice | Direct | Ack | Ping | Pong
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _text_ok(value: str, max_bytes: int, what: str, *, words: bool) -> str | None:
+    """Return why `value` is not an acceptable name/text, or None."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if words and size == 0:
+        return f"{what} is empty"
+    if size > max_bytes:
+        return f"{what} is {size} bytes, at most {max_bytes}"
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat == "Cs":
+            return f"{what} is not valid UTF-8"
+        if words and (cat[0] in "CZ"):
+            return f"{what} may not contain spaces or control characters"
+    return None
+
+
+def check_nick(nick: str) -> str:
+    """Validate a nickname (local use): raise ConfigError when unusable."""
+    why = _text_ok(nick, MAX_NICK_BYTES, "nickname", words=True)
+    if why:
+        raise ConfigError(why)
+    return nick
+
+
+def check_room(room: str) -> str:
+    """Validate a room name (local use); a leading '#' is dropped."""
+    room = room.removeprefix("#")
+    why = _text_ok(room, MAX_ROOM_BYTES, "room name", words=True)
+    if why:
+        raise ConfigError(why)
+    return room
+
+
+def check_text(text: str) -> str:
+    """Validate a chat/notice/direct text (local use)."""
+    if not text.strip():
+        raise ConfigError("message is empty")
+    why = _text_ok(text, MAX_TEXT_BYTES, "message", words=False)
+    if why:
+        raise ConfigError(why)
+    return text
+
+
+def check_status_text(text: str) -> str:
+    """Validate an away message (local use)."""
+    why = _text_ok(text, MAX_STATUS_BYTES, "status text", words=False)
+    if why:
+        raise ConfigError(why)
+    return text
+
+
+def truncate_utf8(value: str, max_bytes: int) -> str:
+    """Cut a string to at most max_bytes of UTF-8 without splitting a character."""
+    return value.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message; raises ConfigError if it would exceed the size budget."""
+    body: list[Any]
+    match msg:
+        case Beat():
+            body = [
+                T_BEAT, msg.sender, msg.instance, msg.nick, msg.host, msg.uport,
+                _STATUSES.index(msg.status), msg.status_text, list(msg.rooms),
+                msg.last_seq, msg.interval_ms,
+            ]  # fmt: skip
+        case Query():
+            body = [T_QUERY, msg.sender, msg.instance, msg.uport, b""]
+            size = len(HEADER) + len(msgpack.packb(body, use_bin_type=True))
+            # bin8 header is 2 bytes up to 255, bin16 3 bytes above.
+            pad = QUERY_SIZE - size
+            pad -= 1 if pad > 255 else 0
+            body[4] = bytes(max(0, pad))
+        case Bye():
+            body = [T_BYE, msg.sender, msg.instance]
+        case Chat():
+            body = [T_CHAT, msg.sender, msg.instance, msg.seq, msg.nick, msg.room, msg.text]
+        case Notice():
+            body = [T_NOTICE, msg.sender, msg.instance, msg.seq, msg.nick, msg.text, msg.uport]
+        case Direct():
+            body = [T_DIRECT, msg.sender, msg.instance, msg.msg_id, msg.nick, msg.text]
+        case Ack():
+            body = [T_ACK, msg.sender, msg.instance, msg.kind, msg.ref, msg.ref_instance]
+        case Ping():
+            body = [T_PING, msg.sender, msg.instance, msg.token]
+        case Pong():
+            body = [T_PONG, msg.sender, msg.instance, msg.token]
+    data: bytes = HEADER + msgpack.packb(body, use_bin_type=True)
+    if len(data) > MAX_PLAIN:
+        raise ConfigError(f"message too large: {len(data)} bytes, at most {MAX_PLAIN}")
+    return data
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _bad(reason: str) -> DecodeError:
+    return DecodeError(reason)
+
+
+def _u(value: object, bits: int = 64, low: int = 0) -> int:
+    if type(value) is not int or not low <= value < 2**bits:
+        raise _bad("bad integer")
+    return value
+
+
+def _id(value: object) -> bytes:
+    if type(value) is not bytes or len(value) != ID_BYTES:
+        raise _bad("bad peer id")
+    return value
+
+
+def _s(value: object, max_bytes: int, *, words: bool) -> str:
+    if type(value) is not str or _text_ok(value, max_bytes, "field", words=words):
+        raise _bad("bad string")
+    return value
+
+
+def _interval(value: object) -> int:
+    # An hour at most (NodeConfig's own limit): timeouts scale with it, so a larger
+    # value would let one datagram keep a ghost listed for months.
+    interval = _u(value, 32, low=1)
+    if interval > MAX_INTERVAL_MS:
+        raise _bad("bad interval")
+    return interval
+
+
+def _port(value: object) -> int:
+    return _u(value, 16, low=1)
+
+
+def _body(data: bytes) -> list[Any]:
+    if len(data) > MAX_DATAGRAM:
+        raise _bad("oversized")
+    if len(data) < len(HEADER) + 1:
+        raise _bad("short")
+    if data[:2] != MAGIC:
+        raise _bad("foreign")
+    if data[2] != VERSION:
+        raise _bad("version")
+    if data[3] & FLAG_SEALED:
+        raise _bad("sealed")
+    try:
+        body = msgpack.unpackb(
+            data[len(HEADER) :],
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+        )
+    except Exception as exc:  # msgpack raises several types; one place catches them all
+        raise _bad("malformed") from exc
+    if type(body) is not list or len(body) < 3:
+        raise _bad("not a message")
+    return body
+
+
+def _n(body: list[Any], count: int) -> None:
+    # Later minor revisions may append fields: accept and ignore extras.
+    if len(body) < count:
+        raise _bad("missing fields")
+
+
+def decode(data: bytes) -> Message:
+    """Decode one datagram; raise DecodeError for anything that is not a valid message."""
+    body = _body(data)
+    kind = body[0]
+    if type(kind) is not int:
+        raise _bad("unknown type")
+    sender = _id(body[1])
+    instance = _u(body[2])
+    if kind == T_BEAT:
+        _n(body, 11)
+        status = _u(body[6], 8)
+        if status >= len(_STATUSES):
+            raise _bad("bad status")
+        rooms = body[8]
+        if type(rooms) is not list or len(rooms) > MAX_ROOMS:
+            raise _bad("bad rooms")
+        return Beat(
+            sender,
+            instance,
+            _s(body[3], MAX_NICK_BYTES, words=True),
+            _s(body[4], MAX_HOST_BYTES, words=False),
+            _port(body[5]),
+            _STATUSES[status],
+            _s(body[7], MAX_STATUS_BYTES, words=False),
+            tuple(_s(r, MAX_ROOM_BYTES, words=True) for r in rooms),
+            _u(body[9]),
+            _interval(body[10]),
+        )
+    if kind == T_QUERY:
+        if len(data) < QUERY_SIZE:
+            raise _bad("short query")  # unpadded: answering it would amplify
+        _n(body, 4)
+        return Query(sender, instance, _port(body[3]))
+    if kind == T_BYE:
+        return Bye(sender, instance)
+    if kind == T_CHAT:
+        _n(body, 7)
+        return Chat(
+            sender,
+            instance,
+            _u(body[3], low=1),
+            _s(body[4], MAX_NICK_BYTES, words=True),
+            _s(body[5], MAX_ROOM_BYTES, words=True),
+            _s(body[6], MAX_TEXT_BYTES, words=False),
+        )
+    if kind == T_NOTICE:
+        _n(body, 7)
+        return Notice(
+            sender,
+            instance,
+            _u(body[3], low=1),
+            _s(body[4], MAX_NICK_BYTES, words=True),
+            _s(body[5], MAX_TEXT_BYTES, words=False),
+            _port(body[6]),
+        )
+    if kind == T_DIRECT:
+        _n(body, 6)
+        return Direct(
+            sender,
+            instance,
+            _u(body[3], low=1),
+            _s(body[4], MAX_NICK_BYTES, words=True),
+            _s(body[5], MAX_TEXT_BYTES, words=False),
+        )
+    if kind == T_ACK:
+        _n(body, 6)
+        ack_kind = _u(body[3], 8)
+        if ack_kind not in (T_NOTICE, T_DIRECT):
+            raise _bad("bad ack kind")
+        return Ack(sender, instance, ack_kind, _u(body[4], low=1), _u(body[5]))
+    if kind == T_PING:
+        _n(body, 4)
+        return Ping(sender, instance, _u(body[3]))
+    if kind == T_PONG:
+        _n(body, 4)
+        return Pong(sender, instance, _u(body[3]))
+    raise _bad("unknown type")

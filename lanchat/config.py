@@ -1,0 +1,118 @@
+"""Node settings and the protocol's timing constants, each with its reason."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Final
+
+from lanchat.codec import (
+    MAX_ROOMS,
+    STATUS_AWAY,
+    STATUS_ONLINE,
+    check_nick,
+    check_room,
+    check_status_text,
+)
+from lanchat.errors import ConfigError
+
+# Administratively scoped (RFC 2365, 239.255/16 = IPv4 local scope): routers
+# at the site edge do not forward it, and it clashes with no IANA assignment.
+DEFAULT_GROUP: Final = "239.255.76.67"
+DEFAULT_PORT: Final = 47667  # unassigned by IANA; "LC" in the middle digits of 0x4C43
+# TTL 1 keeps datagrams on the local link (RFC 1112 section 6.1).
+DEFAULT_TTL: Final = 1
+DEFAULT_ROOM: Final = "lobby"
+
+# One heartbeat a second is what Pyre/Zyre beacon and what discovery needs to
+# feel instant; it is also the floor the RTCP-style scaling will keep.
+HEARTBEAT_INTERVAL: Final = 1.0
+# Three missed heartbeats: unreachable within 3 s of a crash (ZRE EVASIVE is
+# similar); pings start before that, so single losses do not show.
+UNREACHABLE_AFTER: Final = 3.0
+# Ten intervals of silence *and* unanswered pings: at 20 % independent loss a
+# live peer is falsely removed with probability ~0.2^10 x 0.36^14 per start.
+REMOVE_AFTER: Final = 10.0
+# Heartbeats are jittered over [0.5, 1.5] x interval (RFC 3550 section 6.3.1),
+# so silence past 1.5 intervals means at least one heartbeat was really lost.
+PROBE_AFTER_INTERVALS: Final = 1.5
+# Ping a silent peer twice per interval: a lost ping or pong is retried soon
+# enough that unreachable (3 intervals) is only declared after >= 3 pings.
+PING_EVERY_INTERVALS: Final = 0.5
+
+# Announce at once, then with doubling back-off (RFC 6762 section 8.3
+# announces twice 1 s apart; on a LAN a quicker repeat costs little).
+ANNOUNCE_DELAYS: Final = (0.0, 0.25, 0.75)
+# A newcomer asks who is there at once and once more in case of loss.
+QUERY_DELAYS: Final = (0.0, 0.3)
+# One-shot tools (peers, send, notice) ask three times within their wait.
+QUERY_DELAYS_ONESHOT: Final = (0.0, 0.2, 0.5)
+# Answers to a query are spread over a random delay so N peers don't burst:
+# 2 ms per known peer, 5 ms at least, 500 ms at most.
+QUERY_SPREAD_PER_PEER: Final = 0.002
+QUERY_SPREAD_MIN: Final = 0.005
+QUERY_SPREAD_MAX: Final = 0.5
+# Answer one querier (ip, port) at most this often: a flood of queries cannot
+# turn a node into a traffic source, yet a repeated query after loss is answered.
+QUERY_ANSWER_GAP: Final = 0.15
+# Direct messages: retry with back-off starting at 200 ms (a LAN round trip is
+# under 1 ms, so no answer in 200 ms means loss); 6 tries over 3.5 s, then
+# 1.5 s more for a late acknowledgement (IP Messenger: 3 tries 1.5 s apart).
+DIRECT_DELAYS: Final = (0.0, 0.2, 0.5, 1.0, 2.0, 3.5)
+DIRECT_GIVE_UP: Final = 5.0
+# Notices are sent four times: at 20 % loss all four are lost 0.16 % of the time.
+NOTICE_DELAYS: Final = (0.0, 0.1, 0.3, 0.7)
+# Acknowledgements of a notice are collected this long after the last repeat.
+NOTICE_ACK_WINDOW: Final = 3.0
+# Goodbye three times, 50 and 150 ms apart (zeroconf sends three goodbyes).
+BYE_DELAYS: Final = (0.0, 0.05, 0.15)
+
+
+def check_group(group: str) -> str:
+    """An IPv4 multicast address (224.0.0.0/4)."""
+    try:
+        addr = ipaddress.IPv4Address(group)
+    except ValueError:
+        raise ConfigError(f"group {group!r} is not an IPv4 address") from None
+    if not addr.is_multicast:
+        raise ConfigError(f"group {group} is not a multicast address (224.0.0.0/4)")
+    return str(addr)
+
+
+def check_port(port: int) -> int:
+    """A UDP port number 1..65535."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port {port} is not in 1..65535")
+    return port
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What a node is and how it times itself; validated on creation."""
+
+    nick: str
+    rooms: tuple[str, ...] = (DEFAULT_ROOM,)
+    host: str = ""
+    member: bool = True  # False: a one-shot tool that listens and sends, unseen
+    all_rooms: bool = False  # deliver chat from every room (lanchat listen)
+    status: str = STATUS_ONLINE
+    status_text: str = ""
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    unreachable_after: float = UNREACHABLE_AFTER
+    remove_after: float = REMOVE_AFTER
+
+    def __post_init__(self) -> None:
+        check_nick(self.nick)
+        rooms = tuple(dict.fromkeys(check_room(r) for r in self.rooms))
+        if len(rooms) > MAX_ROOMS:
+            raise ConfigError(f"at most {MAX_ROOMS} rooms")
+        object.__setattr__(self, "rooms", rooms)
+        if self.status not in (STATUS_ONLINE, STATUS_AWAY):
+            raise ConfigError(f"unknown status {self.status!r}")
+        check_status_text(self.status_text)
+        if not 0.05 <= self.heartbeat_interval <= 3600:
+            raise ConfigError("heartbeat interval must be between 0.05 and 3600 seconds")
+        if self.unreachable_after < PROBE_AFTER_INTERVALS * self.heartbeat_interval:
+            raise ConfigError("unreachable timeout must be at least 1.5 heartbeat intervals")
+        if self.remove_after <= self.unreachable_after:
+            raise ConfigError("removal timeout must be longer than the unreachable timeout")

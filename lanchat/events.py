@@ -1,0 +1,178 @@
+"""Events the core hands out, frozen and named in the past tense."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A snapshot of one peer as this node knows it."""
+
+    peer_id: str  # 16 hex digits, stable across restarts of the same user on one host
+    instance: int  # changes on every start of the peer
+    nick: str
+    host: str
+    address: str  # the address it was last heard from
+    port: int  # its unicast port
+    addresses: tuple[str, ...]  # every address it is heard from (several NICs)
+    rooms: tuple[str, ...]
+    status: str  # "online" or "away"
+    status_text: str
+    state: str  # "alive" or "unreachable"
+    last_heard: float  # core time (monotonic seconds) of the last datagram from it
+    heartbeat_interval: float
+
+    @property
+    def short_id(self) -> str:
+        """The first 8 hex digits of the peer id."""
+        return self.peer_id[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJoined:
+    """A peer was heard for the first time (or again after it was removed)."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRestarted:
+    """A known peer came back with a new instance: its entry was replaced, not doubled."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRenamed:
+    """A peer changed its nickname."""
+
+    peer: PeerInfo
+    old_nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatusChanged:
+    """A peer went away or came back (status and status_text in `peer`)."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJoinedRoom:
+    """A peer joined a room."""
+
+    peer: PeerInfo
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeftRoom:
+    """A peer left a room."""
+
+    peer: PeerInfo
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """A peer went silent past the unreachable timeout and did not answer pings."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReachable:
+    """An unreachable peer was heard again."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    """A peer was removed: reason is "bye" (it said goodbye) or "timeout" (silent too long)."""
+
+    peer: PeerInfo
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatReceived:
+    """A room message from another peer."""
+
+    peer_id: str
+    nick: str
+    room: str
+    text: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeReceived:
+    """A notice to every peer on the LAN."""
+
+    peer_id: str
+    nick: str
+    text: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirectReceived:
+    """A direct message to this node."""
+
+    peer_id: str
+    nick: str
+    text: str
+    msg_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirectDelivered:
+    """A direct message this node sent was acknowledged by its recipient."""
+
+    msg_id: int
+    peer_id: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirectFailed:
+    """No acknowledgement came for a direct message after every retry.
+
+    `peer_alive` tells the two cases apart honestly: True means the peer was
+    heard during the retries, so the message may well have arrived and only the
+    acknowledgements were lost ("unconfirmed"); False means nothing was heard.
+    """
+
+    msg_id: int
+    peer_id: str
+    attempts: int
+    peer_alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeAcknowledged:
+    """A peer acknowledged one of this node's notices (once per peer and notice)."""
+
+    seq: int
+    peer_id: str
+
+
+Event = (
+    PeerJoined
+    | PeerRestarted
+    | PeerRenamed
+    | PeerStatusChanged
+    | PeerJoinedRoom
+    | PeerLeftRoom
+    | PeerUnreachable
+    | PeerReachable
+    | PeerLeft
+    | ChatReceived
+    | NoticeReceived
+    | DirectReceived
+    | DirectDelivered
+    | DirectFailed
+    | NoticeAcknowledged
+)

@@ -1,0 +1,261 @@
+"""Who is on the LAN: the peer table and the rules that move peers between states.
+
+Rules
+-----
+* A peer is keyed by its peer id (stable per user and host), never by address:
+  one peer heard over two interfaces is one entry with two addresses.
+* Only a Beat (announcement/heartbeat) creates an entry; it carries everything
+  needed to show and reach the peer. Any datagram from a known instance is a
+  sign of life.
+* Instances are ordered (start time in the high bits): a higher instance of a
+  known peer replaces the entry (the peer restarted); a lower one is stale and
+  ignored, so a restarted peer never appears twice.
+* Silence is measured against the peer's own advertised heartbeat interval
+  (scaled timeouts): past `probe_after` the node pings it by unicast, past
+  `unreachable_after` it is unreachable, past `remove_after` it is gone.
+* A Bye removes the peer at once.
+
+State table (GONE means the entry is deleted and PeerLeft emitted):
+
+    state        trigger    next         event
+    -----        -------    ----         -----
+    (none)       BEAT       ALIVE        PeerJoined
+    ALIVE        HEARD      ALIVE        -
+    ALIVE        SILENT     UNREACHABLE  PeerUnreachable
+    ALIVE        EXPIRED    GONE         PeerLeft("timeout")
+    ALIVE        BYE        GONE         PeerLeft("bye")
+    UNREACHABLE  HEARD      ALIVE        PeerReachable
+    UNREACHABLE  SILENT     UNREACHABLE  -
+    UNREACHABLE  EXPIRED    GONE         PeerLeft("timeout")
+    UNREACHABLE  BYE        GONE         PeerLeft("bye")
+    any          RESTARTED  ALIVE        PeerRestarted
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from lanchat import events as ev
+from lanchat.codec import Beat
+
+ALIVE: Final = "alive"
+UNREACHABLE: Final = "unreachable"
+GONE: Final = "gone"
+
+HEARD: Final = "heard"
+SILENT: Final = "silent"
+EXPIRED: Final = "expired"
+BYE: Final = "bye"
+RESTARTED: Final = "restarted"
+
+TRANSITIONS: Final[dict[tuple[str, str], str]] = {
+    (ALIVE, HEARD): ALIVE,
+    (ALIVE, SILENT): UNREACHABLE,
+    (ALIVE, EXPIRED): GONE,
+    (ALIVE, BYE): GONE,
+    (ALIVE, RESTARTED): ALIVE,
+    (UNREACHABLE, HEARD): ALIVE,
+    (UNREACHABLE, SILENT): UNREACHABLE,
+    (UNREACHABLE, EXPIRED): GONE,
+    (UNREACHABLE, BYE): GONE,
+    (UNREACHABLE, RESTARTED): ALIVE,
+}
+
+# A /22 is about the largest broadcast domain anyone runs; 4096 entries cost ~3 MB.
+_MAX_PEERS: Final = 4096
+# A host with more NICs than this toward one LAN is unheard of; older ones are forgotten.
+_MAX_ADDRESSES: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Silence thresholds for a peer whose heartbeat interval equals ours."""
+
+    heartbeat_interval: float
+    probe_after: float
+    ping_interval: float
+    unreachable_after: float
+    remove_after: float
+
+    def scaled(self, peer_interval: float) -> tuple[float, float, float, float]:
+        """(probe, ping, unreachable, remove) scaled to a peer that beats more slowly."""
+        k = max(1.0, peer_interval / self.heartbeat_interval)
+        return (
+            self.probe_after * k,
+            self.ping_interval * k,
+            self.unreachable_after * k,
+            self.remove_after * k,
+        )
+
+
+@dataclass(slots=True)
+class PeerRecord:
+    """Mutable state of one known peer (internal)."""
+
+    peer_id: bytes
+    instance: int
+    nick: str
+    host: str
+    uport: int
+    status: str
+    status_text: str
+    rooms: tuple[str, ...]
+    last_seq: int
+    interval: float
+    state: str = ALIVE
+    last_heard: float = 0.0
+    next_ping: float = 0.0
+    addresses: dict[str, float] = field(default_factory=dict)
+
+    def info(self) -> ev.PeerInfo:
+        """Freeze into a PeerInfo snapshot."""
+        ordered = sorted(self.addresses, key=self.addresses.__getitem__, reverse=True)
+        return ev.PeerInfo(
+            peer_id=self.peer_id.hex(),
+            instance=self.instance,
+            nick=self.nick,
+            host=self.host,
+            address=ordered[0] if ordered else "",
+            port=self.uport,
+            addresses=tuple(ordered),
+            rooms=self.rooms,
+            status=self.status,
+            status_text=self.status_text,
+            state=self.state,
+            last_heard=self.last_heard,
+            heartbeat_interval=self.interval,
+        )
+
+    def destinations(self) -> list[tuple[str, int]]:
+        """Unicast addresses, most recently heard first."""
+        ordered = sorted(self.addresses, key=self.addresses.__getitem__, reverse=True)
+        return [(ip, self.uport) for ip in ordered]
+
+    def touch(self, ip: str, now: float) -> None:
+        self.last_heard = now
+        self.addresses[ip] = now
+        if len(self.addresses) > _MAX_ADDRESSES:
+            del self.addresses[min(self.addresses, key=self.addresses.__getitem__)]
+
+
+class Membership:
+    """The peer table; every method returns the events its change caused."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.timeouts = timeouts
+        self._peers: dict[bytes, PeerRecord] = {}
+        self.refused = 0  # beats from new peers refused because the table was full
+        self.stale = 0  # datagrams from an older instance of a known peer
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[PeerRecord]:
+        return iter(list(self._peers.values()))
+
+    def get(self, peer_id: bytes) -> PeerRecord | None:
+        return self._peers.get(peer_id)
+
+    def _move(self, rec: PeerRecord, trigger: str) -> str:
+        new = TRANSITIONS[(rec.state, trigger)]
+        if new == GONE:
+            del self._peers[rec.peer_id]
+        else:
+            rec.state = new
+        return new
+
+    def on_beat(self, beat: Beat, ip: str, now: float) -> list[ev.Event]:
+        """A heartbeat arrived from ip."""
+        rec = self._peers.get(beat.sender)
+        interval = beat.interval_ms / 1000.0
+        if rec is None or beat.instance > rec.instance:
+            if rec is None and len(self._peers) >= _MAX_PEERS:
+                self.refused += 1
+                return []
+            restarted = rec is not None
+            rec = PeerRecord(
+                beat.sender, beat.instance, beat.nick, beat.host, beat.uport, beat.status,
+                beat.status_text, beat.rooms, beat.last_seq, interval,
+            )  # fmt: skip
+            self._peers[beat.sender] = rec
+            rec.touch(ip, now)
+            return [ev.PeerRestarted(rec.info()) if restarted else ev.PeerJoined(rec.info())]
+        if beat.instance < rec.instance:
+            self.stale += 1
+            return []
+        out = self._heard(rec, ip, now)
+        old_nick, old_status, old_text, old_rooms = rec.nick, rec.status, rec.status_text, rec.rooms
+        rec.nick, rec.host, rec.uport = beat.nick, beat.host, beat.uport
+        rec.status, rec.status_text, rec.rooms = beat.status, beat.status_text, beat.rooms
+        rec.last_seq, rec.interval = beat.last_seq, interval
+        if beat.nick != old_nick:
+            out.append(ev.PeerRenamed(rec.info(), old_nick))
+        if (beat.status, beat.status_text) != (old_status, old_text):
+            out.append(ev.PeerStatusChanged(rec.info()))
+        if beat.rooms != old_rooms:
+            info = rec.info()
+            out += [ev.PeerLeftRoom(info, r) for r in old_rooms if r not in beat.rooms]
+            out += [ev.PeerJoinedRoom(info, r) for r in beat.rooms if r not in old_rooms]
+        return out
+
+    def on_heard(self, sender: bytes, instance: int, ip: str, now: float) -> list[ev.Event]:
+        """Any other datagram from a peer: a sign of life if it is the known instance."""
+        rec = self._peers.get(sender)
+        if rec is None or instance != rec.instance:
+            if rec is not None and instance < rec.instance:
+                self.stale += 1
+            return []
+        return self._heard(rec, ip, now)
+
+    def is_stale(self, sender: bytes, instance: int) -> bool:
+        """True for a datagram from an older instance of a known peer."""
+        rec = self._peers.get(sender)
+        return rec is not None and instance < rec.instance
+
+    def _heard(self, rec: PeerRecord, ip: str, now: float) -> list[ev.Event]:
+        rec.touch(ip, now)
+        rec.next_ping = 0.0
+        was = rec.state
+        self._move(rec, HEARD)
+        return [ev.PeerReachable(rec.info())] if was == UNREACHABLE else []
+
+    def on_bye(self, sender: bytes, instance: int) -> list[ev.Event]:
+        """A peer said goodbye."""
+        rec = self._peers.get(sender)
+        if rec is None or instance != rec.instance:
+            return []
+        self._move(rec, BYE)
+        return [ev.PeerLeft(rec.info(), "bye")]
+
+    def sweep(self, now: float) -> tuple[list[ev.Event], list[PeerRecord], float]:
+        """Apply silence timeouts: (events, peers to ping now, when to sweep next)."""
+        out: list[ev.Event] = []
+        to_ping: list[PeerRecord] = []
+        next_check = float("inf")
+        for rec in list(self._peers.values()):
+            probe, ping_every, unreachable, remove = self.timeouts.scaled(rec.interval)
+            silent = now - rec.last_heard
+            if silent >= remove:
+                self._move(rec, EXPIRED)
+                out.append(ev.PeerLeft(rec.info(), "timeout"))
+                continue
+            if silent >= unreachable and rec.state == ALIVE:
+                self._move(rec, SILENT)
+                out.append(ev.PeerUnreachable(rec.info()))
+            if silent >= probe:
+                if now >= rec.next_ping:
+                    to_ping.append(rec)
+                    rec.next_ping = now + ping_every
+                next_check = min(next_check, rec.next_ping, rec.last_heard + remove)
+                if rec.state == ALIVE:
+                    next_check = min(next_check, rec.last_heard + unreachable)
+            else:
+                next_check = min(next_check, rec.last_heard + probe)
+        return out, to_ping, next_check
+
+    def next_deadline_for(self, rec: PeerRecord) -> float:
+        """The first silence threshold of a freshly heard peer."""
+        probe, _, _, _ = self.timeouts.scaled(rec.interval)
+        return rec.last_heard + probe

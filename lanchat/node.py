@@ -1,0 +1,435 @@
+"""The asyncio adapter: real sockets and the event loop's clock around a NodeCore.
+
+    async with Node("alice", interfaces=["eth0"]) as node:
+        await node.say("lobby", "hello")
+        async for event in node.events():
+            print(event)
+
+One multicast receive socket (shared port, address reuse) joined on every
+chosen interface by address; one multicast send socket per interface; one
+unicast socket on an ephemeral port. Exactly one `loop.call_at` timer handle,
+re-armed after every receive and send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import random
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Final
+
+from lanchat import config as cfg
+from lanchat import events as ev
+from lanchat import netif
+from lanchat.core import Address, Datagram, Identity, NodeCore, Stats
+from lanchat.errors import ClosedError, ConfigError, NetworkError, PeerError
+from lanchat.identity import IdentityLease, acquire_identity, ephemeral_identity
+
+# Events kept for a subscriber that does not read; the oldest are dropped past it.
+_MAX_QUEUED_EVENTS: Final = 10_000
+_IP_MULTICAST_ALL: Final = 49  # Linux: deliver only groups this socket joined
+_RECV_BUFFER: Final = 1 << 20  # 1 MiB absorbs bursts of ~800 full datagrams
+# Query answers arrive within ~0.5 s (three queries, answers spread by <= 0.5 s);
+# a name looked up this soon after start waits for them instead of failing.
+_DISCOVERY_GRACE: Final = 1.5
+
+
+def _os_error(action: str, exc: OSError) -> NetworkError:
+    hints = {
+        errno.EADDRINUSE: "another program holds the port without address reuse",
+        errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        errno.ENODEV: "the interface does not exist (any more)",
+        errno.EADDRNOTAVAIL: "the address is not on this machine (any more)",
+        errno.ENETUNREACH: "the network is unreachable from this interface",
+    }
+    hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
+    return NetworkError(exc.errno or 0, f"cannot {action}: {hint}")
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.node._on_datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self.node.send_errors += 1
+
+
+class Node:
+    """A lanchat node on the real network, driven by asyncio."""
+
+    def __init__(
+        self,
+        nick: str,
+        *,
+        rooms: Iterable[str] = (cfg.DEFAULT_ROOM,),
+        group: str = cfg.DEFAULT_GROUP,
+        port: int = cfg.DEFAULT_PORT,
+        interfaces: Sequence[str] = (),
+        exclude_interfaces: Sequence[str] = (),
+        ttl: int = cfg.DEFAULT_TTL,
+        member: bool = True,
+        all_rooms: bool = False,
+        heartbeat_interval: float = cfg.HEARTBEAT_INTERVAL,
+        unreachable_after: float | None = None,
+        remove_after: float | None = None,
+        identity: Identity | None = None,
+        host: str | None = None,
+    ) -> None:
+        self.group = cfg.check_group(group)
+        self.port = cfg.check_port(port)
+        if not 1 <= ttl <= 255:
+            raise ConfigError(f"ttl {ttl} is not in 1..255")
+        self.ttl = ttl
+        scale = heartbeat_interval / cfg.HEARTBEAT_INTERVAL
+        self.config = cfg.NodeConfig(
+            nick=nick,
+            rooms=tuple(rooms),
+            host=host if host is not None else socket.gethostname(),
+            member=member,
+            all_rooms=all_rooms,
+            heartbeat_interval=heartbeat_interval,
+            unreachable_after=unreachable_after or cfg.UNREACHABLE_AFTER * scale,
+            remove_after=remove_after or cfg.REMOVE_AFTER * scale,
+        )
+        self.choice = netif.choose_interfaces(
+            netif.read_interfaces(), interfaces, exclude_interfaces
+        )
+        self._identity = identity
+        self._lease: IdentityLease | None = None
+        self._core: NodeCore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._unicast: asyncio.DatagramTransport | None = None
+        self._senders: list[asyncio.DatagramTransport] = []
+        self._subscribers: list[asyncio.Queue[ev.Event]] = []
+        self._closed = asyncio.Event()
+        self.send_errors = 0
+        self.dropped_events = 0
+        self._started_at = 0.0
+
+    # ---------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the sockets, announce this node and ask who is there."""
+        if self._core is not None:
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        if self._identity is None:
+            if self.config.member:
+                self._lease = acquire_identity(self.config.host)
+                self._identity = self._lease.identity
+            else:
+                self._identity = ephemeral_identity()
+        try:
+            await self._open_sockets(loop)
+        except BaseException:
+            self._close_sockets()
+            raise
+        assert self._unicast is not None
+        uport = self._unicast.get_extra_info("sockname")[1]
+        self._core = NodeCore(self.config, self._identity, uport=uport, rng=random.Random())
+        self._started_at = loop.time()
+        self._core.start(self._started_at)
+        self._pump()
+
+    async def close(self) -> None:
+        """Say goodbye (a member sends it three times over 150 ms), then close the sockets."""
+        core = self._core
+        if core is None or self._closed.is_set():
+            return
+        if not core.closed:
+            core.leave(self._now())
+            self._pump()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wait_core_closed(), timeout=2.0)
+        self._closed.set()
+        self._close_sockets()
+        if self._lease is not None:
+            self._lease.release()
+
+    async def _wait_core_closed(self) -> None:
+        while self._core is not None and not self._core.closed:
+            await asyncio.sleep(0.01)
+
+    def _close_sockets(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+        self._senders.clear()
+
+    async def _open_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
+        addresses = [info.ipv4[0].address for info in self.choice.used if info.ipv4]
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with contextlib.suppress(OSError):
+                rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+            if sys.platform.startswith("linux"):
+                rx.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+                rx.bind((self.group, self.port))
+            else:  # pragma: no cover - other systems cannot bind a group address
+                rx.bind(("", self.port))
+        except OSError as exc:
+            rx.close()
+            raise _os_error(f"open the group port {self.port}", exc) from exc
+        joined = 0
+        for addr in addresses:
+            mreq = socket.inet_aton(self.group) + socket.inet_aton(addr)
+            try:
+                rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                joined += 1
+            except OSError as exc:
+                self.send_errors += 1
+                if len(addresses) == 1:
+                    rx.close()
+                    raise _os_error(f"join {self.group} on {addr}", exc) from exc
+        if not joined:
+            rx.close()
+            raise NetworkError(0, f"cannot join {self.group} on any interface")
+        await self._endpoint(loop, rx)
+        tx_unicast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        with contextlib.suppress(OSError):
+            tx_unicast.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+        tx_unicast.bind(("0.0.0.0", 0))
+        self._unicast = await self._endpoint(loop, tx_unicast)
+        for addr in addresses:
+            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+            try:
+                tx.bind((addr, 0))
+                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(addr))
+                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
+                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            except OSError as exc:
+                tx.close()
+                raise _os_error(f"send multicast from {addr}", exc) from exc
+            self._senders.append(await self._endpoint(loop, tx))
+
+    async def _endpoint(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket
+    ) -> asyncio.DatagramTransport:
+        sock.setblocking(False)
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
+        self._transports.append(transport)
+        return transport
+
+    # ------------------------------------------------------------- driving
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_datagram(self, data: bytes, source: Address) -> None:
+        if self._core is None or self._closed.is_set():
+            return
+        self._core.receive_datagram(data, source, self._now())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._core is None or self._closed.is_set():
+            return
+        self._core.handle_timer(self._now())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what the core queued, hand out its events, re-arm the one timer."""
+        core = self._core
+        assert core is not None and self._loop is not None
+        for dgram in core.datagrams_to_send():
+            self._send(dgram)
+        while (event := core.next_event()) is not None:
+            for queue in self._subscribers:
+                if queue.qsize() >= _MAX_QUEUED_EVENTS:
+                    queue.get_nowait()
+                    self.dropped_events += 1
+                queue.put_nowait(event)
+        when = core.get_timer()
+        if self._timer is not None and (when is None or self._timer.when() != when):
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and self._timer is None and not self._closed.is_set():
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _send(self, dgram: Datagram) -> None:
+        try:
+            if dgram.to is None:
+                for tx in self._senders:
+                    tx.sendto(dgram.data, (self.group, self.port))
+            elif self._unicast is not None:
+                self._unicast.sendto(dgram.data, dgram.to)
+        except OSError:
+            self.send_errors += 1
+
+    def _require(self) -> NodeCore:
+        if self._core is None:
+            raise ClosedError("the node is not started")
+        if self._closed.is_set():
+            raise ClosedError("the node is closed")
+        return self._core
+
+    def _do(self, action: Callable[[NodeCore, float], Any]) -> Any:
+        core = self._require()
+        result = action(core, self._now())
+        self._pump()
+        return result
+
+    # ------------------------------------------------------------- public
+
+    @property
+    def peer_id(self) -> str:
+        """This node's peer id (16 hex digits)."""
+        if self._identity is None:
+            raise ClosedError("the node is not started")
+        return self._identity.peer_id.hex()
+
+    @property
+    def nick(self) -> str:
+        return self._core.config.nick if self._core else self.config.nick
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        return self._core.config.rooms if self._core else self.config.rooms
+
+    @property
+    def stats(self) -> Stats:
+        """Counters of received, dropped and sent datagrams."""
+        return self._require().stats
+
+    @property
+    def unicast_port(self) -> int:
+        return self._require().uport
+
+    def peers(self) -> list[ev.PeerInfo]:
+        """Every known peer."""
+        return self._require().peers()
+
+    def find_peer(self, name: str) -> ev.PeerInfo:
+        """A peer by nickname or id prefix (PeerError if none or ambiguous)."""
+        return self._require().find_peer(name)
+
+    async def lookup(self, name: str, wait: float | None = None) -> ev.PeerInfo:
+        """find_peer, waiting up to `wait` seconds for the peer to be discovered.
+
+        By default it waits only while discovery is still in progress (the first
+        1.5 s after start), so a script's first line can address a peer at once.
+        """
+        if wait is None:
+            wait = max(0.0, self._started_at + _DISCOVERY_GRACE - self._now())
+        deadline = self._now() + wait
+        while True:
+            try:
+                return self.find_peer(name)
+            except PeerError:
+                if self._now() >= deadline:
+                    raise
+            await asyncio.sleep(0.02)
+
+    async def say(self, room: str, text: str) -> int:
+        """Send a chat message to a room."""
+        return int(self._do(lambda core, now: core.say(room, text, now)))
+
+    async def notice(self, text: str) -> int:
+        """Send a notice to everyone (repeated; NoticeAcknowledged events follow)."""
+        return int(self._do(lambda core, now: core.notice(text, now)))
+
+    async def send_direct(self, name: str, text: str) -> int:
+        """Send a direct message to a peer by nickname or id prefix; returns its id."""
+        peer = self.find_peer(name)
+        return int(self._do(lambda core, now: core.send_direct(peer.peer_id, text, now)))
+
+    async def set_nick(self, nick: str) -> None:
+        self._do(lambda core, now: core.set_nick(nick, now))
+
+    async def set_away(self, text: str | None) -> None:
+        """Away with an optional text; None means back."""
+        self._do(lambda core, now: core.set_away(text, now))
+
+    async def join_room(self, room: str) -> None:
+        self._do(lambda core, now: core.join_room(room, now))
+
+    async def leave_room(self, room: str) -> None:
+        self._do(lambda core, now: core.leave_room(room, now))
+
+    async def query(self) -> None:
+        """Ask the group who is there."""
+        self._do(lambda core, now: core.query(now))
+
+    def subscribe(self) -> asyncio.Queue[ev.Event]:
+        """A queue receiving every event from now on (see also `events()`)."""
+        queue: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ev.Event]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(queue)
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Every event from now on, until the node is closed."""
+        queue = self.subscribe()
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            while True:
+                if queue.empty():
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        return
+                    yield getter.result()
+                else:
+                    yield queue.get_nowait()
+        finally:
+            closed.cancel()
+            self.unsubscribe(queue)
+
+    async def wait_for(
+        self, predicate: Callable[[ev.Event], bool], timeout: float
+    ) -> ev.Event | None:
+        """The first event matching predicate within timeout seconds, or None."""
+        queue = self.subscribe()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = await queue.get()
+                    if predicate(event):
+                        return event
+        except TimeoutError:
+            return None
+        finally:
+            self.unsubscribe(queue)
+
+    async def send_direct_wait(self, name: str, text: str) -> ev.DirectDelivered | ev.DirectFailed:
+        """Send a direct message and wait for its outcome (delivered or failed)."""
+        queue = self.subscribe()
+        try:
+            msg_id = await self.send_direct(name, text)
+            while True:
+                event = await queue.get()
+                if (
+                    isinstance(event, ev.DirectDelivered | ev.DirectFailed)
+                    and event.msg_id == msg_id
+                ):
+                    return event
+        finally:
+            self.unsubscribe(queue)

@@ -1,0 +1,28 @@
+"""Shared fixtures. Every test runs with its own app directory, and anything that
+reads LANCHAT_INTERFACE is pinned to loopback, so nothing leaves this machine."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.lab_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("LANCHAT_HOME", str(tmp_path / "lanchat-home"))
+    monkeypatch.setenv("LANCHAT_INTERFACE", "lo")
+    for name in ("LANCHAT_GROUP", "LANCHAT_PORT", "LANCHAT_NICK", "LANCHAT_TTL"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+@pytest.fixture
+def lo_port() -> int:
+    """A group port of its own, so concurrent test runs on this host never hear each other."""
+    return random.Random(os.getpid() ^ random.getrandbits(32)).randrange(20000, 32000)

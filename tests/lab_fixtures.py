@@ -1,0 +1,49 @@
+"""pytest fixtures for multi-host tests in network namespaces (`lanchat.lab`).
+
+Mark such tests ``@pytest.mark.netns``. Without root, iproute2 netns or nftables they are
+skipped, but under ``CI=true`` that skip is a failure: CI must really run them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from lanchat.lab import Lab, LabError
+
+__all__ = ["lab", "netns_required"]
+
+
+def _netns_problem() -> str | None:
+    """Why the namespace lab cannot run here, or None if a probe lab came up."""
+    if os.geteuid() != 0:
+        return "network-namespace tests need root"
+    if shutil.which("nft") is None and shutil.which("nft", path="/usr/sbin:/sbin") is None:
+        return "nft not found (apt-get install nftables)"
+    try:
+        with Lab() as probe:
+            probe.hosts(1)[0].set_loss()
+    except (LabError, OSError) as exc:
+        return f"network namespaces unusable: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def netns_required() -> None:
+    """Skip (fail under CI=true) unless network-namespace labs work here."""
+    problem = _netns_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI=true, yet {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def lab(netns_required: None) -> Iterator[Lab]:
+    """A fresh, empty Lab, closed (processes ended, namespaces deleted) after the test."""
+    with Lab() as new_lab:
+        yield new_lab

@@ -1,0 +1,634 @@
+"""The wire codec: golden bytes, round trips, the fuzz invariant and every rejection.
+
+Invariant (PROTOCOL.md section 4): for any bytes, `decode()` returns a message
+or raises `DecodeError`, nothing else; what it accepts re-encodes to itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lanchat.codec
+from lanchat.codec import (
+    HEADER,
+    MAX_DATAGRAM,
+    MAX_INTERVAL_MS,
+    MAX_PLAIN,
+    QUERY_SIZE,
+    T_DIRECT,
+    T_NOTICE,
+    Ack,
+    Beat,
+    Bye,
+    Chat,
+    DecodeError,
+    Direct,
+    Message,
+    Notice,
+    Ping,
+    Pong,
+    Query,
+    check_nick,
+    check_room,
+    check_text,
+    decode,
+    encode,
+    truncate_utf8,
+)
+from lanchat.errors import ConfigError, LanchatError
+
+ALICE = bytes.fromhex("a11ce0000000a11c")
+ALICE_INSTANCE = 0x019B76DAA8004C43
+BOB = bytes.fromhex("b0b0000000000b0b")
+BOB_INSTANCE = 0x019B76DAACD20042
+U64_MAX = 2**64 - 1
+
+MESSAGE_TYPES = (Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong)
+# Every reason decode() may give; "short query" is an unpadded (amplifying) Query.
+REASONS = {
+    "oversized", "short", "foreign", "version", "sealed", "malformed", "not a message",
+    "missing fields", "bad integer", "bad peer id", "bad string", "bad status",
+    "bad rooms", "bad ack kind", "unknown type", "short query", "bad interval",
+}  # fmt: skip
+
+# The examples of PROTOCOL.md section 3; the Query is followed by zero padding.
+QUERY_PREFIX = bytes.fromhex("4c4301009502c408a11ce0000000a11ccf019b76daa8004c43cd9c41c50329")
+GOLDEN: list[tuple[Message, bytes]] = [
+    (
+        Beat(
+            ALICE, ALICE_INSTANCE, "alice", "lab-pc", 40001, "online", "", ("lobby", "dev"), 7, 1000
+        ),
+        bytes.fromhex(
+            "4c4301009b01c408a11ce0000000a11ccf019b76daa8004c43a5616c696365a66c61622d7063"
+            "cd9c4100a092a56c6f626279a364657607cd03e8"
+        ),
+    ),
+    (Query(ALICE, ALICE_INSTANCE, 40001), QUERY_PREFIX + bytes(0x0329)),
+    (
+        Bye(ALICE, ALICE_INSTANCE),
+        bytes.fromhex("4c4301009303c408a11ce0000000a11ccf019b76daa8004c43"),
+    ),
+    (
+        Chat(ALICE, ALICE_INSTANCE, 8, "alice", "lobby", "héllo"),
+        bytes.fromhex(
+            "4c4301009704c408a11ce0000000a11ccf019b76daa8004c4308a5616c696365a56c6f626279"
+            "a668c3a96c6c6f"
+        ),
+    ),
+    (
+        Notice(ALICE, ALICE_INSTANCE, 9, "alice", "reboot at 18:00", 40001),
+        bytes.fromhex(
+            "4c4301009705c408a11ce0000000a11ccf019b76daa8004c4309a5616c696365af7265626f6f"
+            "742061742031383a3030cd9c41"
+        ),
+    ),
+    (
+        Direct(ALICE, ALICE_INSTANCE, 1, "alice", "lunch?"),
+        bytes.fromhex(
+            "4c4301009606c408a11ce0000000a11ccf019b76daa8004c4301a5616c696365a66c756e63683f"
+        ),
+    ),
+    (
+        Ack(BOB, BOB_INSTANCE, T_DIRECT, 1, ALICE_INSTANCE),
+        bytes.fromhex("4c4301009607c408b0b0000000000b0bcf019b76daacd200420601cf019b76daa8004c43"),
+    ),
+    (
+        Ping(ALICE, ALICE_INSTANCE, 3),
+        bytes.fromhex("4c4301009408c408a11ce0000000a11ccf019b76daa8004c4303"),
+    ),
+    (
+        Pong(BOB, BOB_INSTANCE, 3),
+        bytes.fromhex("4c4301009409c408b0b0000000000b0bcf019b76daacd2004203"),
+    ),
+]
+GOLDEN_IDS = [type(msg).__name__ for msg, _ in GOLDEN]
+SMALL_GOLDEN = [data for msg, data in GOLDEN if not isinstance(msg, Query)]
+
+
+def dgram(*body: Any, header: bytes = HEADER) -> bytes:
+    """A datagram with `body` packed as the msgpack array."""
+    return header + bytes(msgpack.packb(list(body), use_bin_type=True))
+
+
+M = TypeVar("M", Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong)
+
+
+def decode_as(kind: type[M], data: bytes) -> M:
+    msg = decode(data)
+    assert isinstance(msg, kind)
+    return msg
+
+
+def reason_of(data: bytes) -> str:
+    with pytest.raises(DecodeError) as info:
+        decode(data)
+    return info.value.reason
+
+
+def check_invariant(data: bytes) -> Message | None:
+    """decode() gives a message that re-encodes to itself, or DecodeError with a known reason."""
+    try:
+        msg = decode(data)
+    except DecodeError as exc:
+        assert exc.reason in REASONS
+        return None
+    assert type(msg) in MESSAGE_TYPES
+    assert decode(encode(msg)) == msg
+    return msg
+
+
+# ------------------------------------------------------------------ golden bytes
+
+
+@pytest.mark.parametrize(("msg", "data"), GOLDEN, ids=GOLDEN_IDS)
+def test_golden_bytes(msg: Message, data: bytes) -> None:
+    assert encode(msg) == data
+    assert decode(data) == msg
+
+
+def test_golden_cover_every_type() -> None:
+    assert {type(msg) for msg, _ in GOLDEN} == set(MESSAGE_TYPES)
+    assert len(GOLDEN[1][1]) == QUERY_SIZE
+
+
+@pytest.mark.parametrize(("msg", "data"), GOLDEN, ids=GOLDEN_IDS)
+def test_protocol_md_shows_the_golden_bytes(msg: Message, data: bytes) -> None:
+    text = (Path(lanchat.codec.__file__).parent / "PROTOCOL.md").read_text("utf-8")
+    joined = "".join(line.strip() for line in text.splitlines())  # unwrap hex lines
+    if isinstance(msg, Query):
+        assert QUERY_PREFIX.hex() + "followed by 809 (0x0329) zero bytes" in joined
+    else:
+        assert re.search(data.hex() + "=", joined)
+
+
+# ---------------------------------------------------------------- valid messages
+
+_ids = st.binary(min_size=8, max_size=8)
+_u64 = st.integers(0, U64_MAX)
+_counters = st.integers(1, U64_MAX)
+_ports = st.integers(1, 65535)
+_name_chars = st.characters(blacklist_categories=("C", "Z"))
+_names = st.text(_name_chars, min_size=1, max_size=32).map(lambda s: truncate_utf8(s, 32))
+_text_chars = st.characters(blacklist_categories=["Cs"])
+
+
+def _texts(max_bytes: int) -> st.SearchStrategy[str]:
+    return st.text(_text_chars, max_size=max_bytes).map(lambda s: truncate_utf8(s, max_bytes))
+
+
+messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(
+        Beat, _ids, _u64, _names, _texts(64), _ports, st.sampled_from(["online", "away"]),
+        _texts(64), st.lists(_names, max_size=16).map(tuple), _u64, st.integers(1, MAX_INTERVAL_MS),
+    ),
+    st.builds(Query, _ids, _u64, _ports),
+    st.builds(Bye, _ids, _u64),
+    st.builds(Chat, _ids, _u64, _counters, _names, _names, _texts(1000)),
+    st.builds(Notice, _ids, _u64, _counters, _names, _texts(1000), _ports),
+    st.builds(Direct, _ids, _u64, _counters, _names, _texts(1000)),
+    st.builds(Ack, _ids, _u64, st.sampled_from([T_NOTICE, T_DIRECT]), _counters, _u64),
+    st.builds(Ping, _ids, _u64, _u64),
+    st.builds(Pong, _ids, _u64, _u64),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages)
+def test_round_trip(msg: Message) -> None:
+    data = encode(msg)
+    assert decode(data) == msg
+    assert len(data) <= MAX_PLAIN
+    if isinstance(msg, Query):
+        assert len(data) == QUERY_SIZE
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages, st.lists(st.one_of(st.integers(0, 9), st.text(max_size=8)), min_size=1))
+def test_extra_trailing_fields_are_ignored(msg: Message, extra: list[object]) -> None:
+    body = msgpack.unpackb(encode(msg)[4:])
+    assert decode(dgram(*body, *extra)) == msg
+
+
+# ---------------------------------------------------------------- fuzz invariant
+
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), U64_MAX),
+    st.floats(),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=12)),
+)
+_objects = st.recursive(
+    _leaves,
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.dictionaries(st.one_of(st.text(max_size=6), st.integers(0, 9)), children, max_size=4),
+    ),
+    max_leaves=30,
+)
+# Arrays that look like messages, so the per-field checks are reached.
+_fields = st.one_of(_leaves, _names, st.integers(0, 70000), st.lists(_names, max_size=18))
+_shaped = st.tuples(
+    st.integers(0, 10), st.one_of(_ids, _leaves), st.one_of(_u64, _leaves), st.lists(_fields)
+).map(lambda t: [t[0], t[1], t[2], *t[3]])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=MAX_DATAGRAM + 100))
+def test_fuzz_any_bytes(data: bytes) -> None:
+    check_invariant(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=MAX_DATAGRAM))
+def test_fuzz_any_bytes_behind_header(data: bytes) -> None:
+    check_invariant(HEADER + data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_objects, _shaped))
+def test_fuzz_any_msgpack_behind_header(obj: object) -> None:
+    check_invariant(HEADER + msgpack.packb(obj, use_bin_type=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([data for _, data in GOLDEN]),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_fuzz_mutated_golden(data: bytes, edits: list[tuple[int, int]]) -> None:
+    mutated = bytearray(data)
+    for position, value in edits:
+        mutated[position % len(mutated)] = value
+    check_invariant(bytes(mutated))
+
+
+@pytest.mark.parametrize(("msg", "data"), GOLDEN, ids=GOLDEN_IDS)
+def test_every_truncation_is_rejected(msg: Message, data: bytes) -> None:
+    for length in range(len(data)):
+        assert reason_of(data[:length]) == ("short" if length < 5 else "malformed")
+
+
+def test_every_single_byte_flip() -> None:
+    accepted = 0
+    query = QUERY_PREFIX + bytes(0x0329)  # beyond its prefix, only padding bytes
+    for data in [*SMALL_GOLDEN, query]:
+        for position in range(len(data) if data is not query else len(QUERY_PREFIX) + 2):
+            for xor in range(1, 256):
+                mutated = bytearray(data)
+                mutated[position] ^= xor
+                accepted += check_invariant(bytes(mutated)) is not None
+    assert accepted > 0  # some flips (ids, integers, letters) still make valid messages
+
+
+# ------------------------------------------------------------------- rejections
+
+_BEAT = [1, ALICE, 1, "alice", "host", 40001, 0, "", ["lobby"], 0, 1000]
+_CHAT = [4, ALICE, 1, 1, "alice", "lobby", "hi"]
+
+
+def _beat(index: int, value: object) -> bytes:
+    body = list(_BEAT)
+    body[index] = value
+    return dgram(*body)
+
+
+def _chat(index: int, value: object) -> bytes:
+    body = list(_CHAT)
+    body[index] = value
+    return dgram(*body)
+
+
+def test_fixtures_are_valid() -> None:
+    assert isinstance(decode(dgram(*_BEAT)), Beat)
+    assert isinstance(decode(dgram(*_CHAT)), Chat)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        pytest.param(b"XX\x01\x00" + dgram(*_CHAT)[4:], "foreign", id="bad-magic"),
+        pytest.param(b"lc\x01\x00" + dgram(*_CHAT)[4:], "foreign", id="lowercase-magic"),
+        pytest.param(dgram(*_CHAT, header=b"LC\x02\x00"), "version", id="version-2"),
+        pytest.param(dgram(*_CHAT, header=b"LC\x00\x00"), "version", id="version-0"),
+        pytest.param(dgram(*_CHAT, header=b"LC\x01\x01"), "sealed", id="sealed"),
+        pytest.param(dgram(*_CHAT, header=b"LC\x01\xff"), "sealed", id="sealed-all-flags"),
+        pytest.param(b"", "short", id="empty"),
+        pytest.param(HEADER, "short", id="header-only"),
+        pytest.param(dgram(*_CHAT) + b"\x00", "malformed", id="trailing-bytes"),
+        pytest.param(HEADER + b"\xc1", "malformed", id="never-used-byte"),
+        pytest.param(HEADER + b"\x97\x04\xc4\x08", "malformed", id="truncated-msgpack"),
+        pytest.param(HEADER + msgpack.packb({"type": 4}), "not a message", id="map-body"),
+        pytest.param(HEADER + msgpack.packb(4), "not a message", id="int-body"),
+        pytest.param(dgram(3, ALICE), "not a message", id="two-elements"),
+        pytest.param(dgram(*_BEAT[:10]), "missing fields", id="beat-10-fields"),
+        pytest.param(dgram(*_CHAT[:6]), "missing fields", id="chat-6-fields"),
+        pytest.param(dgram(8, ALICE, 1), "missing fields", id="ping-no-token"),
+        pytest.param(dgram(5, ALICE, 1, 1, "a", "t"), "missing fields", id="notice-no-uport"),
+    ],
+)
+def test_rejected_framing(data: bytes, reason: str) -> None:
+    assert reason_of(data) == reason
+
+
+def test_reserved_flag_bits_are_ignored() -> None:
+    assert decode(dgram(*_CHAT, header=b"LC\x01\xfe")) == decode(dgram(*_CHAT))
+
+
+def test_size_limit() -> None:
+    pong = [9, ALICE, 1, 3]
+    base = len(dgram(*pong, b""))  # a trailing bin field pads to any size (bin16 above 255)
+    exact = dgram(*pong, bytes(MAX_DATAGRAM - base - 1))
+    assert len(exact) == MAX_DATAGRAM
+    assert decode(exact) == Pong(ALICE, 1, 3)
+    assert reason_of(exact + b"\x00") == "oversized"
+    assert reason_of(dgram(*pong, bytes(MAX_DATAGRAM - base))) == "oversized"
+    assert reason_of(bytes(100_000)) == "oversized"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        pytest.param(_chat(3, "1"), "bad integer", id="str-for-int"),
+        pytest.param(_chat(3, 1.0), "bad integer", id="float-for-int"),
+        pytest.param(_chat(3, True), "bad integer", id="bool-for-int"),
+        pytest.param(_chat(3, None), "bad integer", id="nil-for-int"),
+        pytest.param(_chat(3, b"\x01"), "bad integer", id="bin-for-int"),
+        pytest.param(_chat(3, -1), "bad integer", id="negative-seq"),
+        pytest.param(_chat(2, -1), "bad integer", id="negative-instance"),
+        pytest.param(_chat(2, -(2**63)), "bad integer", id="int64-min-instance"),
+        pytest.param(_chat(3, 0), "bad integer", id="seq-0"),
+        pytest.param(_beat(5, 0), "bad integer", id="beat-port-0"),
+        pytest.param(_beat(5, 65536), "bad integer", id="beat-port-65536"),
+        pytest.param(dgram(2, ALICE, 1, 0, bytes(900)), "bad integer", id="query-port-0"),
+        pytest.param(dgram(5, ALICE, 1, 1, "a", "t", 0), "bad integer", id="notice-port-0"),
+        pytest.param(_beat(10, 0), "bad integer", id="interval-0"),
+        pytest.param(_beat(10, 2**32), "bad integer", id="interval-2**32"),
+        pytest.param(_beat(10, MAX_INTERVAL_MS + 1), "bad interval", id="interval-over-an-hour"),
+        pytest.param(_beat(6, 2), "bad status", id="status-2"),
+        pytest.param(_beat(6, 256), "bad integer", id="status-256"),
+        pytest.param(_chat(1, ALICE[:7]), "bad peer id", id="id-7-bytes"),
+        pytest.param(_chat(1, ALICE + b"\x00"), "bad peer id", id="id-9-bytes"),
+        pytest.param(_chat(1, "a11ce000"), "bad peer id", id="id-as-str"),
+        pytest.param(_chat(4, "al ice"), "bad string", id="nick-space"),
+        pytest.param(_chat(4, "al\tice"), "bad string", id="nick-tab"),
+        pytest.param(_chat(4, "alice\x00"), "bad string", id="nick-nul"),
+        pytest.param(_chat(4, "al\x1bice"), "bad string", id="nick-escape"),
+        pytest.param(_chat(4, "al\u200bice"), "bad string", id="nick-zero-width"),
+        pytest.param(_chat(4, "al\u00a0ice"), "bad string", id="nick-nbsp"),
+        pytest.param(_chat(4, "\u2028"), "bad string", id="nick-line-separator"),
+        pytest.param(_chat(4, "\ue000"), "bad string", id="nick-private-use"),
+        pytest.param(_chat(4, ""), "bad string", id="nick-empty"),
+        pytest.param(_chat(4, "n" * 33), "bad string", id="nick-33-bytes"),
+        pytest.param(_chat(4, "é" * 17), "bad string", id="nick-34-bytes-17-chars"),
+        pytest.param(_chat(4, b"alice"), "bad string", id="nick-as-bin"),
+        pytest.param(_chat(5, "r" * 33), "bad string", id="room-33-bytes"),
+        pytest.param(_chat(6, "x" * 1001), "bad string", id="text-1001-bytes"),
+        pytest.param(_beat(4, "h" * 65), "bad string", id="host-65-bytes"),
+        pytest.param(_beat(7, "s" * 65), "bad string", id="status-text-65-bytes"),
+        pytest.param(_beat(8, ["r"] * 17), "bad rooms", id="17-rooms"),
+        pytest.param(_beat(8, "lobby"), "bad rooms", id="rooms-as-str"),
+        pytest.param(_beat(8, ["lob by"]), "bad string", id="room-with-space"),
+        pytest.param(_beat(8, [1]), "bad string", id="room-as-int"),
+        pytest.param(dgram(0, ALICE, 1), "unknown type", id="type-0"),
+        pytest.param(dgram(10, ALICE, 1, 1), "unknown type", id="type-10"),
+        pytest.param(dgram(255, ALICE, 1, 1, 1, 1), "unknown type", id="type-255"),
+        pytest.param(dgram("chat", ALICE, 1, 1), "unknown type", id="type-str"),
+        pytest.param(dgram(7, ALICE, 1, 4, 1, 1), "bad ack kind", id="ack-kind-4"),
+        pytest.param(dgram(7, ALICE, 1, 7, 1, 1), "bad ack kind", id="ack-kind-ack"),
+        pytest.param(dgram(7, ALICE, 1, 256, 1, 1), "bad integer", id="ack-kind-256"),
+        pytest.param(dgram(7, ALICE, 1, 6, 0, 1), "bad integer", id="ack-ref-0"),
+    ],
+)
+def test_rejected_fields(data: bytes, reason: str) -> None:
+    assert reason_of(data) == reason
+
+
+def _raw_chat(text_field: bytes) -> bytes:
+    """A Chat whose text is the raw msgpack `text_field` (to carry invalid UTF-8)."""
+    head = bytes(msgpack.packb(_CHAT[:6], use_bin_type=True))
+    return HEADER + bytes([head[0] + 1]) + head[1:] + text_field
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"\xa2\xc3\x28", id="invalid-continuation"),
+        pytest.param(b"\xa1\xff", id="byte-ff"),
+        pytest.param(b"\xa3\xed\xa0\x80", id="surrogate"),
+        pytest.param(b"\xa2\xc0\xaf", id="overlong"),
+        pytest.param(b"\xa2\xe2\x82", id="cut-character"),
+    ],
+)
+def test_bad_utf8_is_rejected(raw: bytes) -> None:
+    assert decode_as(Chat, _raw_chat(b"\xa2hi")).text == "hi"
+    assert reason_of(_raw_chat(raw)) == "malformed"
+
+
+def test_integer_limits_are_inclusive() -> None:
+    beat = decode(dgram(1, ALICE, U64_MAX, *_BEAT[3:9], U64_MAX, MAX_INTERVAL_MS))
+    assert isinstance(beat, Beat)
+    assert (beat.instance, beat.last_seq, beat.interval_ms) == (U64_MAX, U64_MAX, MAX_INTERVAL_MS)
+    assert decode_as(Beat, _beat(5, 65535)).uport == 65535
+    assert decode_as(Beat, _beat(5, 1)).uport == 1
+    # Non-minimal integer forms are accepted: uint64 and int8 for the token 5.
+    assert decode(HEADER + b"\x94\x08\xc4\x08" + ALICE + b"\x01\xcf" + (5).to_bytes(8, "big")) == (
+        Ping(ALICE, 1, 5)
+    )
+    assert decode(HEADER + b"\x94\x08\xc4\x08" + ALICE + b"\x01\xd0\x05") == Ping(ALICE, 1, 5)
+
+
+def test_limits_are_inclusive_for_strings_and_rooms() -> None:
+    rooms = [f"room{i:02}" + "r" * 26 for i in range(16)]
+    beat = decode(dgram(1, ALICE, 1, "n" * 32, "h" * 64, 1, 1, "s" * 64, rooms, 0, 1))
+    assert isinstance(beat, Beat)
+    assert beat.rooms == tuple(rooms)
+    assert beat.status == "away"
+    assert decode_as(Chat, _chat(4, "é" * 16)).nick == "é" * 16
+    assert decode_as(Chat, _chat(6, "é" * 500)).text == "é" * 500
+
+
+def test_text_fields_accept_what_names_refuse() -> None:
+    # Empty and control characters are legal in texts; the display must escape them.
+    assert decode_as(Chat, _chat(6, "")).text == ""
+    assert decode_as(Chat, _chat(6, "a b\n\x1b[2J")).text == "a b\n\x1b[2J"
+    assert decode_as(Beat, _beat(4, "")).host == ""
+
+
+def test_deep_nesting() -> None:
+    assert reason_of(HEADER + b"\x91" * 10_000 + b"\x90") == "oversized"
+    assert reason_of(HEADER + b"\x91" * 1_190 + b"\x90") == "malformed"
+    pong = HEADER + b"\x95\x09\xc4\x08" + ALICE + b"\x01\x03"
+    assert reason_of(pong + b"\x91" * 1_100 + b"\x90") == "malformed"  # msgpack's depth limit
+    assert decode(pong + b"\x91" * 100 + b"\x90") == Pong(ALICE, 1, 3)  # an ignored extra field
+
+
+@pytest.mark.parametrize(
+    ("ext", "accepted"),
+    [
+        pytest.param(b"\xd4\x05\x00", True, id="ext-5"),
+        pytest.param(b"\xd6\xff\x00\x00\x00\x01", True, id="timestamp-32"),
+        pytest.param(b"\xd4\xff\x00", False, id="timestamp-bad-length-1"),
+        pytest.param(b"\xc7\x00\xff", False, id="timestamp-bad-length-0"),
+    ],
+)
+def test_extension_types_in_an_extra_field(ext: bytes, accepted: bool) -> None:
+    pong = HEADER + b"\x95\x09\xc4\x08" + ALICE + b"\x01\x03" + ext
+    if accepted:
+        assert decode(pong) == Pong(ALICE, 1, 3)
+    else:
+        assert reason_of(pong) == "malformed"
+
+
+def test_maps_need_string_keys() -> None:
+    assert decode(dgram(9, ALICE, 1, 3, {"k": 1})) == Pong(ALICE, 1, 3)
+    assert reason_of(dgram(9, ALICE, 1, 3, {1: 1})) == "malformed"
+
+
+# ----------------------------------------------------------- protocol rules (bugs)
+
+
+def test_query_shorter_than_query_size_is_rejected() -> None:
+    """No amplification needs the receiver to check the padding (PROTOCOL.md 3.2).
+
+    A short query would be answered with a Beat of up to 756 bytes.
+    Fails today: codec.decode accepts any Query of 4 fields or more.
+    """
+    padded = encode(Query(ALICE, 1, 40001))
+    assert decode(padded) == Query(ALICE, 1, 40001)
+    assert decode(dgram(2, ALICE, 1, 40001, bytes(QUERY_SIZE))) == Query(ALICE, 1, 40001)
+    unpadded = dgram(2, ALICE, 1, 40001)
+    one_short = dgram(
+        2, ALICE, 1, 40001, bytes(QUERY_SIZE - len(dgram(2, ALICE, 1, 40001, b"")) - 2)
+    )
+    assert len(one_short) == QUERY_SIZE - 1
+    assert reason_of(unpadded) in REASONS - {"unknown type"}
+    assert reason_of(one_short) in REASONS - {"unknown type"}
+
+
+def test_type_number_must_be_an_integer() -> None:
+    """Like every other integer field, the type is a msgpack int, not a float or bool.
+
+    Fails today: codec.decode compares body[0] with ==, so 2.0 is a Query and True a Beat.
+    """
+    assert reason_of(dgram(2.0, ALICE, 1, 40001, bytes(QUERY_SIZE))) == "unknown type"
+    assert reason_of(dgram(True, *_BEAT[1:])) == "unknown type"
+
+
+# ------------------------------------------------------------------ sizes, budget
+
+
+def _worst_cases() -> list[Message]:
+    peer, big = b"\xff" * 8, U64_MAX
+    nick, text = "n" * 32, "x" * 1000
+    rooms = tuple(f"r{i:02}" + "r" * 29 for i in range(16))
+    return [
+        Beat(peer, big, nick, "h" * 64, 65535, "away", "s" * 64, rooms, big, MAX_INTERVAL_MS),
+        Query(peer, big, 65535),
+        Bye(peer, big),
+        Chat(peer, big, big, nick, "r" * 32, text),
+        Notice(peer, big, big, nick, text, 65535),
+        Direct(peer, big, big, nick, text),
+        Ack(peer, big, T_DIRECT, big, big),
+        Ping(peer, big, big),
+        Pong(peer, big, big),
+    ]
+
+
+# The table of PROTOCOL.md section 7.
+WORST_SIZES = {
+    Beat: 756, Query: 840, Bye: 25, Chat: 1105, Notice: 1074,
+    Direct: 1071, Ack: 44, Ping: 34, Pong: 34,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("msg", _worst_cases(), ids=GOLDEN_IDS)
+def test_worst_case_sizes(msg: Message) -> None:
+    data = encode(msg)
+    assert decode(data) == msg
+    assert len(data) == WORST_SIZES[type(msg)]
+    assert len(data) <= MAX_PLAIN
+    if isinstance(msg, Beat):
+        assert len(data) <= QUERY_SIZE  # an answer is never larger than its query
+
+
+def test_four_byte_characters_cost_the_same() -> None:
+    worst = _worst_cases()[0]
+    assert isinstance(worst, Beat)
+    emoji = Beat(
+        worst.sender, worst.instance, "\U0001f600" * 8, "\U0001f600" * 16, 65535, "away",
+        "\U0001f600" * 16, tuple("\U0001f600" * 8 for _ in range(16)), U64_MAX, MAX_INTERVAL_MS,
+    )  # fmt: skip
+    assert len(encode(emoji)) == WORST_SIZES[Beat]
+
+
+@pytest.mark.parametrize("instance", [0, 1, 127, 128, 2**32, U64_MAX])
+@pytest.mark.parametrize("uport", [1, 127, 128, 255, 256, 65535])
+def test_query_is_exactly_query_size(instance: int, uport: int) -> None:
+    data = encode(Query(ALICE, instance, uport))
+    assert len(data) == QUERY_SIZE
+    assert decode(data) == Query(ALICE, instance, uport)
+
+
+def test_chat_with_longest_text_fits() -> None:
+    data = encode(Chat(ALICE, 1, 1, "alice", "lobby", check_text("x" * 1000)))
+    assert len(data) < MAX_PLAIN
+    with pytest.raises(ConfigError, match="too large"):
+        encode(Chat(ALICE, 1, 1, "alice", "lobby", "x" * MAX_PLAIN))
+
+
+# ------------------------------------------------------------- local validation
+
+
+@pytest.mark.parametrize(
+    "nick", ["", "a b", "tab\t", "new\nline", "nul\x00", "zw\u200bsp", "n" * 33, "é" * 17]
+)
+def test_check_nick_refuses(nick: str) -> None:
+    with pytest.raises(ConfigError):
+        check_nick(nick)
+
+
+@pytest.mark.parametrize("nick", ["alice", "n" * 32, "é" * 16, "Zoë_2", "\U0001f600" * 8])
+def test_check_nick_accepts(nick: str) -> None:
+    assert check_nick(nick) == nick
+
+
+def test_check_room() -> None:
+    assert check_room("#dev") == "dev"
+    assert check_room("dev") == "dev"
+    assert check_room("##dev") == "#dev"  # only one '#' is dropped
+    assert check_room("#" + "r" * 32) == "r" * 32
+    for bad in ["#", "", "a b", "#a b", "r" * 33, "tab\t"]:
+        with pytest.raises(ConfigError):
+            check_room(bad)
+
+
+def test_check_text() -> None:
+    assert check_text("x" * 1000) == "x" * 1000
+    assert check_text("two\nlines") == "two\nlines"
+    for bad in ["", "   ", "\n", "x" * 1001, "é" * 501]:
+        with pytest.raises(ConfigError):
+            check_text(bad)
+
+
+def test_config_error_is_the_lanchat_root_and_a_value_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_nick("a b")
+    assert isinstance(info.value, LanchatError)
+    assert isinstance(info.value, ValueError)
+    assert "spaces or control characters" in str(info.value)
+
+
+def test_truncate_utf8_keeps_whole_characters() -> None:
+    assert truncate_utf8("é" * 40, 63) == "é" * 31
+    assert truncate_utf8("host", 64) == "host"
+    assert len(truncate_utf8("\U0001f600" * 20, 64).encode()) == 64
