@@ -29,6 +29,7 @@ Address = tuple[str, int]
 # (the replay window size DTLS/IPsec allow at most 64; we keep more because
 # notices repeat and two NICs double every datagram).
 _DEDUP_WINDOW: Final = 1024
+_WINDOW_MASK: Final = (1 << _DEDUP_WINDOW) - 1
 # Senders whose sequence windows are remembered; a window is ~150 bytes, and
 # a LAN rarely has more than a few hundred senders. Oldest forgotten first.
 _MAX_SENDERS: Final = 4096
@@ -93,7 +94,8 @@ class SeqWindow:
         """Record seq; False if it was seen already or is too old to tell."""
         if seq > self.highest:
             shift = seq - self.highest
-            self.mask = ((self.mask << shift) | 1) & ((1 << _DEDUP_WINDOW) - 1)
+            # A jump past the window forgets it all (and must not build a 2**64-bit int).
+            self.mask = 1 if shift >= _DEDUP_WINDOW else ((self.mask << shift) | 1) & _WINDOW_MASK
             self.highest = seq
             return True
         offset = self.highest - seq
@@ -223,7 +225,10 @@ class NodeCore:
         """Send a direct message to a known peer; returns its message id."""
         self._check_open()
         codec.check_text(text)
-        rec = self.members.get(bytes.fromhex(peer_id))
+        try:
+            rec = self.members.get(bytes.fromhex(peer_id))
+        except ValueError:
+            rec = None
         if rec is None:
             raise PeerError(f"unknown peer {peer_id}")
         self._bound_in_flight(self._directs)
@@ -302,9 +307,13 @@ class NodeCore:
 
     def handle_timer(self, now: float) -> None:
         """Do everything that is due at `now`."""
-        while self._timers and self._timers[0][0] <= now:
+        while self._timers and self._timers[0][0] <= now and not self.closed:
             _, _, kind, key = heapq.heappop(self._timers)
             self._fire(kind, key, now)
+        if self.closed:  # goodbye said: no retries, repeats or pings any more
+            self._timers.clear()
+            self._next_beat = self._next_sweep = float("inf")
+            return
         if self._next_beat <= now:
             self._send_beat(None)
             if self._announce_left:
@@ -321,6 +330,8 @@ class NodeCore:
     def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
         """Handle one datagram from `source` (ip, port). Never raises on remote input."""
         self.stats.received += 1
+        if self.closed:
+            return  # a node that said goodbye answers nothing (not even pings)
         try:
             msg = codec.decode(data)
         except DecodeError as exc:
@@ -333,6 +344,9 @@ class NodeCore:
             self.stats.stale += 1
             return
         ip = source[0]
+        for pending in self._directs.values():
+            if pending.peer == msg.sender:
+                pending.heard_since = True
         if isinstance(msg, codec.Beat):
             self._emit(self.members.on_beat(msg, ip, now))
             rec = self.members.get(msg.sender)
@@ -340,9 +354,6 @@ class NodeCore:
                 self._next_sweep = min(self._next_sweep, self.members.next_deadline_for(rec))
             return
         self._emit(self.members.on_heard(msg.sender, msg.instance, ip, now))
-        for pending in self._directs.values():
-            if pending.peer == msg.sender:
-                pending.heard_since = True
         match msg:
             case codec.Query():
                 self._on_query(msg, ip, now)
@@ -441,7 +452,7 @@ class NodeCore:
     def _fire(self, kind: str, key: int, now: float) -> None:
         if kind == "query":
             if not self.closed:
-                self._multicast(codec.encode(codec.Query(self._id, self._inst, self.uport)))
+                self._multicast(codec.encode(self._query()))
         elif kind == "answer":
             dest = self._answers.pop(key, None)
             if dest is not None and not self.closed and not self._byes_left:
@@ -493,9 +504,17 @@ class NodeCore:
         self.stats.duplicates += 1
         return False
 
+    def _query(self) -> codec.Query:
+        """A query listing the peers already known (most recently heard first)."""
+        recent = sorted(self.members, key=lambda rec: rec.last_heard, reverse=True)
+        known = tuple(rec.peer_id for rec in recent[: codec.MAX_KNOWN])
+        return codec.Query(self._id, self._inst, self.uport, known)
+
     def _on_query(self, msg: codec.Query, ip: str, now: float) -> None:
         if not (self.config.member and self.started) or self._byes_left:
             return
+        if self._id[: codec.KNOWN_PREFIX] in msg.known:
+            return  # the querier knows us already
         dest = (ip, msg.uport)
         last = self._answered.get(dest)
         if last is not None and now - last < cfg.QUERY_ANSWER_GAP:

@@ -236,23 +236,26 @@ class Membership:
         next_check = float("inf")
         for rec in list(self._peers.values()):
             probe, ping_every, unreachable, remove = self.timeouts.scaled(rec.interval)
-            silent = now - rec.last_heard
-            if silent >= remove:
+            # Compare with the very deadlines that are scheduled (last_heard + x),
+            # never with now - last_heard: rounding could leave a due check idle.
+            probe_at, remove_at = rec.last_heard + probe, rec.last_heard + remove
+            unreachable_at = rec.last_heard + unreachable
+            if now >= remove_at:
                 self._move(rec, EXPIRED)
                 out.append(ev.PeerLeft(rec.info(), "timeout"))
                 continue
-            if silent >= unreachable and rec.state == ALIVE:
+            if now >= unreachable_at and rec.state == ALIVE:
                 self._move(rec, SILENT)
                 out.append(ev.PeerUnreachable(rec.info()))
-            if silent >= probe:
+            if now >= probe_at:
                 if now >= rec.next_ping:
                     to_ping.append(rec)
                     rec.next_ping = now + ping_every
-                next_check = min(next_check, rec.next_ping, rec.last_heard + remove)
+                next_check = min(next_check, rec.next_ping, remove_at)
                 if rec.state == ALIVE:
-                    next_check = min(next_check, rec.last_heard + unreachable)
+                    next_check = min(next_check, unreachable_at)
             else:
-                next_check = min(next_check, rec.last_heard + probe)
+                next_check = min(next_check, probe_at)
         return out, to_ping, next_check
 
     def next_deadline_for(self, rec: PeerRecord) -> float:

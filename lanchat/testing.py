@@ -183,6 +183,8 @@ class FakeLan:
         for dgram in core.datagrams_to_send():
             if node.up:
                 self._route(node, dgram.data, dgram.to)
+        if core.closed and node.up:
+            self.crash(node)  # its goodbyes are out: it stops, as a closed process would
         timer = core.get_timer()
         if timer is not None and node.up:
             self._schedule(timer, lambda: self._on_timer(node, timer))

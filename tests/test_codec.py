@@ -7,6 +7,8 @@ or raises `DecodeError`, nothing else; what it accepts re-encodes to itself.
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +20,11 @@ from hypothesis import strategies as st
 import lanchat.codec
 from lanchat.codec import (
     HEADER,
+    KNOWN_BYTES,
+    KNOWN_PREFIX,
     MAX_DATAGRAM,
     MAX_INTERVAL_MS,
+    MAX_KNOWN,
     MAX_PLAIN,
     QUERY_SIZE,
     T_DIRECT,
@@ -37,6 +42,7 @@ from lanchat.codec import (
     Query,
     check_nick,
     check_room,
+    check_status_text,
     check_text,
     decode,
     encode,
@@ -48,6 +54,7 @@ ALICE = bytes.fromhex("a11ce0000000a11c")
 ALICE_INSTANCE = 0x019B76DAA8004C43
 BOB = bytes.fromhex("b0b0000000000b0b")
 BOB_INSTANCE = 0x019B76DAACD20042
+CAROL = bytes.fromhex("ca401000000ca401")
 U64_MAX = 2**64 - 1
 
 MESSAGE_TYPES = (Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong)
@@ -56,10 +63,15 @@ REASONS = {
     "oversized", "short", "foreign", "version", "sealed", "malformed", "not a message",
     "missing fields", "bad integer", "bad peer id", "bad string", "bad status",
     "bad rooms", "bad ack kind", "unknown type", "short query", "bad interval",
+    "bad known list",
 }  # fmt: skip
 
-# The examples of PROTOCOL.md section 3; the Query is followed by zero padding.
-QUERY_PREFIX = bytes.fromhex("4c4301009502c408a11ce0000000a11ccf019b76daa8004c43cd9c41c50329")
+# The examples of PROTOCOL.md section 3; each Query is followed by zero padding
+# up to QUERY_SIZE, the second one listing the id prefixes of bob and carol.
+QUERY_PREFIX = bytes.fromhex("4c4301009602c408a11ce0000000a11ccf019b76daa8004c43cd9c41c400c50327")
+QUERY_KNOWN_PREFIX = bytes.fromhex(
+    "4c4301009602c408a11ce0000000a11ccf019b76daa8004c43cd9c41c408b0b00000ca401000c5031f"
+)
 GOLDEN: list[tuple[Message, bytes]] = [
     (
         Beat(
@@ -70,7 +82,11 @@ GOLDEN: list[tuple[Message, bytes]] = [
             "cd9c4100a092a56c6f626279a364657607cd03e8"
         ),
     ),
-    (Query(ALICE, ALICE_INSTANCE, 40001), QUERY_PREFIX + bytes(0x0329)),
+    (Query(ALICE, ALICE_INSTANCE, 40001), QUERY_PREFIX + bytes(0x0327)),
+    (
+        Query(ALICE, ALICE_INSTANCE, 40001, (BOB[:4], CAROL[:4])),
+        QUERY_KNOWN_PREFIX + bytes(0x031F),
+    ),
     (
         Bye(ALICE, ALICE_INSTANCE),
         bytes.fromhex("4c4301009303c408a11ce0000000a11ccf019b76daa8004c43"),
@@ -108,13 +124,20 @@ GOLDEN: list[tuple[Message, bytes]] = [
         bytes.fromhex("4c4301009409c408b0b0000000000b0bcf019b76daacd2004203"),
     ),
 ]
-GOLDEN_IDS = [type(msg).__name__ for msg, _ in GOLDEN]
-SMALL_GOLDEN = [data for msg, data in GOLDEN if not isinstance(msg, Query)]
+GOLDEN_IDS = [
+    type(msg).__name__ + ("-known" if getattr(msg, "known", ()) else "") for msg, _ in GOLDEN
+]
+GOLDEN_DATA = [data for _, data in GOLDEN]
 
 
 def dgram(*body: Any, header: bytes = HEADER) -> bytes:
     """A datagram with `body` packed as the msgpack array."""
     return header + bytes(msgpack.packb(list(body), use_bin_type=True))
+
+
+def _prefixes(count: int) -> tuple[bytes, ...]:
+    """`count` distinct known-list entries."""
+    return tuple(i.to_bytes(KNOWN_PREFIX, "big") for i in range(count))
 
 
 M = TypeVar("M", Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong)
@@ -155,7 +178,9 @@ def test_golden_bytes(msg: Message, data: bytes) -> None:
 
 def test_golden_cover_every_type() -> None:
     assert {type(msg) for msg, _ in GOLDEN} == set(MESSAGE_TYPES)
-    assert len(GOLDEN[1][1]) == QUERY_SIZE
+    assert len(set(GOLDEN_IDS)) == len(GOLDEN)
+    queries = [data for msg, data in GOLDEN if isinstance(msg, Query)]
+    assert [len(data) for data in queries] == [QUERY_SIZE, QUERY_SIZE]
 
 
 @pytest.mark.parametrize(("msg", "data"), GOLDEN, ids=GOLDEN_IDS)
@@ -163,7 +188,9 @@ def test_protocol_md_shows_the_golden_bytes(msg: Message, data: bytes) -> None:
     text = (Path(lanchat.codec.__file__).parent / "PROTOCOL.md").read_text("utf-8")
     joined = "".join(line.strip() for line in text.splitlines())  # unwrap hex lines
     if isinstance(msg, Query):
-        assert QUERY_PREFIX.hex() + "followed by 809 (0x0329) zero bytes" in joined
+        prefix = data.rstrip(b"\x00")  # ends with the padding's length, never 0
+        pad = len(data) - len(prefix)
+        assert f"{prefix.hex()}followed by {pad} (0x{pad:04x}) zero bytes" in joined
     else:
         assert re.search(data.hex() + "=", joined)
 
@@ -177,6 +204,7 @@ _ports = st.integers(1, 65535)
 _name_chars = st.characters(blacklist_categories=("C", "Z"))
 _names = st.text(_name_chars, min_size=1, max_size=32).map(lambda s: truncate_utf8(s, 32))
 _text_chars = st.characters(blacklist_categories=["Cs"])
+_known = st.lists(st.binary(min_size=KNOWN_PREFIX, max_size=KNOWN_PREFIX), max_size=MAX_KNOWN)
 
 
 def _texts(max_bytes: int) -> st.SearchStrategy[str]:
@@ -188,7 +216,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         Beat, _ids, _u64, _names, _texts(64), _ports, st.sampled_from(["online", "away"]),
         _texts(64), st.lists(_names, max_size=16).map(tuple), _u64, st.integers(1, MAX_INTERVAL_MS),
     ),
-    st.builds(Query, _ids, _u64, _ports),
+    st.builds(Query, _ids, _u64, _ports, _known.map(tuple)),
     st.builds(Bye, _ids, _u64),
     st.builds(Chat, _ids, _u64, _counters, _names, _names, _texts(1000)),
     st.builds(Notice, _ids, _u64, _counters, _names, _texts(1000), _ports),
@@ -206,7 +234,7 @@ def test_round_trip(msg: Message) -> None:
     assert decode(data) == msg
     assert len(data) <= MAX_PLAIN
     if isinstance(msg, Query):
-        assert len(data) == QUERY_SIZE
+        assert len(data) == QUERY_SIZE or _no_exact_padding(msg)
 
 
 @settings(max_examples=100, deadline=None)
@@ -262,7 +290,7 @@ def test_fuzz_any_msgpack_behind_header(obj: object) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from([data for _, data in GOLDEN]),
+    st.sampled_from(GOLDEN_DATA),
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
 )
 def test_fuzz_mutated_golden(data: bytes, edits: list[tuple[int, int]]) -> None:
@@ -280,9 +308,10 @@ def test_every_truncation_is_rejected(msg: Message, data: bytes) -> None:
 
 def test_every_single_byte_flip() -> None:
     accepted = 0
-    query = QUERY_PREFIX + bytes(0x0329)  # beyond its prefix, only padding bytes
-    for data in [*SMALL_GOLDEN, query]:
-        for position in range(len(data) if data is not query else len(QUERY_PREFIX) + 2):
+    for data in GOLDEN_DATA:
+        # Beyond a Query's prefix there are only padding bytes: flip two of them.
+        size = len(data.rstrip(b"\x00")) + 2 if len(data) == QUERY_SIZE else len(data)
+        for position in range(size):
             for xor in range(1, 256):
                 mutated = bytearray(data)
                 mutated[position] ^= xor
@@ -308,9 +337,16 @@ def _chat(index: int, value: object) -> bytes:
     return dgram(*body)
 
 
+def _query(known: object = b"", uport: object = 40001) -> bytes:
+    """A Query datagram with these fields, padded to QUERY_SIZE (or one byte more)."""
+    body = [2, ALICE, 1, uport, known]
+    return dgram(*body, bytes(max(0, QUERY_SIZE - len(dgram(*body, b"")))))
+
+
 def test_fixtures_are_valid() -> None:
     assert isinstance(decode(dgram(*_BEAT)), Beat)
     assert isinstance(decode(dgram(*_CHAT)), Chat)
+    assert decode(_query()) == Query(ALICE, 1, 40001)
 
 
 @pytest.mark.parametrize(
@@ -334,6 +370,10 @@ def test_fixtures_are_valid() -> None:
         pytest.param(dgram(*_CHAT[:6]), "missing fields", id="chat-6-fields"),
         pytest.param(dgram(8, ALICE, 1), "missing fields", id="ping-no-token"),
         pytest.param(dgram(5, ALICE, 1, 1, "a", "t"), "missing fields", id="notice-no-uport"),
+        # The Query of lanchat 0.1 had no known list: [2, sender, instance, uport, pad].
+        pytest.param(
+            dgram(2, ALICE, 1, 40001, bytes(QUERY_SIZE)), "missing fields", id="query-no-known"
+        ),
     ],
 )
 def test_rejected_framing(data: bytes, reason: str) -> None:
@@ -369,11 +409,12 @@ def test_size_limit() -> None:
         pytest.param(_chat(3, 0), "bad integer", id="seq-0"),
         pytest.param(_beat(5, 0), "bad integer", id="beat-port-0"),
         pytest.param(_beat(5, 65536), "bad integer", id="beat-port-65536"),
-        pytest.param(dgram(2, ALICE, 1, 0, bytes(900)), "bad integer", id="query-port-0"),
+        pytest.param(_query(uport=0), "bad integer", id="query-port-0"),
         pytest.param(dgram(5, ALICE, 1, 1, "a", "t", 0), "bad integer", id="notice-port-0"),
         pytest.param(_beat(10, 0), "bad integer", id="interval-0"),
         pytest.param(_beat(10, 2**32), "bad integer", id="interval-2**32"),
         pytest.param(_beat(10, MAX_INTERVAL_MS + 1), "bad interval", id="interval-over-an-hour"),
+        pytest.param(_beat(10, 2**32 - 1), "bad interval", id="interval-u32-max"),
         pytest.param(_beat(6, 2), "bad status", id="status-2"),
         pytest.param(_beat(6, 256), "bad integer", id="status-256"),
         pytest.param(_chat(1, ALICE[:7]), "bad peer id", id="id-7-bytes"),
@@ -387,6 +428,9 @@ def test_size_limit() -> None:
         pytest.param(_chat(4, "al\u00a0ice"), "bad string", id="nick-nbsp"),
         pytest.param(_chat(4, "\u2028"), "bad string", id="nick-line-separator"),
         pytest.param(_chat(4, "\ue000"), "bad string", id="nick-private-use"),
+        pytest.param(_chat(4, "al\u00adice"), "bad string", id="nick-soft-hyphen"),
+        pytest.param(_chat(4, "\u0378"), "bad string", id="nick-unassigned"),
+        pytest.param(_chat(4, "al\u3000ice"), "bad string", id="nick-ideographic-space"),
         pytest.param(_chat(4, ""), "bad string", id="nick-empty"),
         pytest.param(_chat(4, "n" * 33), "bad string", id="nick-33-bytes"),
         pytest.param(_chat(4, "é" * 17), "bad string", id="nick-34-bytes-17-chars"),
@@ -411,6 +455,40 @@ def test_size_limit() -> None:
 )
 def test_rejected_fields(data: bytes, reason: str) -> None:
     assert reason_of(data) == reason
+
+
+@pytest.mark.parametrize(
+    "known",
+    [
+        pytest.param("abcd", id="str"),
+        pytest.param(0, id="int"),
+        pytest.param(None, id="nil"),
+        pytest.param([b"abcd"], id="array-of-bin"),
+        pytest.param(b"abc", id="3-bytes"),
+        pytest.param(b"abcde", id="5-bytes"),
+        pytest.param(bytes(KNOWN_BYTES - 1), id="599-bytes"),
+        pytest.param(bytes(KNOWN_BYTES + KNOWN_PREFIX), id="604-bytes-151-prefixes"),
+    ],
+)
+def test_rejected_known_lists(known: object) -> None:
+    data = _query(known)
+    assert len(data) >= QUERY_SIZE
+    assert reason_of(data) == "bad known list"
+
+
+def test_known_list_limits_are_inclusive() -> None:
+    prefixes = _prefixes(MAX_KNOWN)
+    assert decode(_query(b"".join(prefixes))) == Query(ALICE, 1, 40001, prefixes)
+    assert decode(_query(b"")) == Query(ALICE, 1, 40001, ())
+    assert decode_as(Query, _query(BOB[:4])).known == (BOB[:4],)
+
+
+def test_encode_cuts_known_ids_to_prefixes() -> None:
+    """The node passes whole peer ids; only their prefixes go on the wire."""
+    query = decode_as(Query, encode(Query(ALICE, 1, 40001, (BOB, CAROL))))
+    assert query.known == (BOB[:KNOWN_PREFIX], CAROL[:KNOWN_PREFIX])
+    many = tuple(i.to_bytes(8, "big") for i in range(MAX_KNOWN + 10))
+    assert len(decode_as(Query, encode(Query(ALICE, 1, 40001, many))).known) == MAX_KNOWN
 
 
 def _raw_chat(text_field: bytes) -> bytes:
@@ -494,33 +572,30 @@ def test_maps_need_string_keys() -> None:
     assert reason_of(dgram(9, ALICE, 1, 3, {1: 1})) == "malformed"
 
 
-# ----------------------------------------------------------- protocol rules (bugs)
+# ------------------------------------------------------------------ protocol rules
 
 
 def test_query_shorter_than_query_size_is_rejected() -> None:
     """No amplification needs the receiver to check the padding (PROTOCOL.md 3.2).
 
     A short query would be answered with a Beat of up to 756 bytes.
-    Fails today: codec.decode accepts any Query of 4 fields or more.
     """
     padded = encode(Query(ALICE, 1, 40001))
     assert decode(padded) == Query(ALICE, 1, 40001)
-    assert decode(dgram(2, ALICE, 1, 40001, bytes(QUERY_SIZE))) == Query(ALICE, 1, 40001)
-    unpadded = dgram(2, ALICE, 1, 40001)
-    one_short = dgram(
-        2, ALICE, 1, 40001, bytes(QUERY_SIZE - len(dgram(2, ALICE, 1, 40001, b"")) - 2)
-    )
+    assert decode(dgram(2, ALICE, 1, 40001, b"", bytes(QUERY_SIZE))) == Query(ALICE, 1, 40001)
+    base = len(dgram(2, ALICE, 1, 40001, b"", b""))
+    one_short = dgram(2, ALICE, 1, 40001, b"", bytes(QUERY_SIZE - base - 2))  # bin16: +1
     assert len(one_short) == QUERY_SIZE - 1
-    assert reason_of(unpadded) in REASONS - {"unknown type"}
-    assert reason_of(one_short) in REASONS - {"unknown type"}
+    assert reason_of(one_short) == "short query"
+    assert reason_of(dgram(2, ALICE, 1, 40001, b"", b"")) == "short query"
+    assert reason_of(dgram(2, ALICE, 1, 40001)) == "short query"  # checked before the fields
+    known = BOB[:4] * MAX_KNOWN  # a long known list still needs the padding
+    assert reason_of(dgram(2, ALICE, 1, 40001, known, b"")) == "short query"
 
 
 def test_type_number_must_be_an_integer() -> None:
-    """Like every other integer field, the type is a msgpack int, not a float or bool.
-
-    Fails today: codec.decode compares body[0] with ==, so 2.0 is a Query and True a Beat.
-    """
-    assert reason_of(dgram(2.0, ALICE, 1, 40001, bytes(QUERY_SIZE))) == "unknown type"
+    """Like every other integer field, the type is a msgpack int, not a float or bool."""
+    assert reason_of(dgram(2.0, ALICE, 1, 40001, b"", bytes(QUERY_SIZE))) == "unknown type"
     assert reason_of(dgram(True, *_BEAT[1:])) == "unknown type"
 
 
@@ -531,9 +606,10 @@ def _worst_cases() -> list[Message]:
     peer, big = b"\xff" * 8, U64_MAX
     nick, text = "n" * 32, "x" * 1000
     rooms = tuple(f"r{i:02}" + "r" * 29 for i in range(16))
+    known = _prefixes(MAX_KNOWN)
     return [
         Beat(peer, big, nick, "h" * 64, 65535, "away", "s" * 64, rooms, big, MAX_INTERVAL_MS),
-        Query(peer, big, 65535),
+        Query(peer, big, 65535, known),
         Bye(peer, big),
         Chat(peer, big, big, nick, "r" * 32, text),
         Notice(peer, big, big, nick, text, 65535),
@@ -551,7 +627,7 @@ WORST_SIZES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("msg", _worst_cases(), ids=GOLDEN_IDS)
+@pytest.mark.parametrize("msg", _worst_cases(), ids=lambda msg: type(msg).__name__)
 def test_worst_case_sizes(msg: Message) -> None:
     data = encode(msg)
     assert decode(data) == msg
@@ -571,12 +647,55 @@ def test_four_byte_characters_cost_the_same() -> None:
     assert len(encode(emoji)) == WORST_SIZES[Beat]
 
 
-@pytest.mark.parametrize("instance", [0, 1, 127, 128, 2**32, U64_MAX])
+def _no_exact_padding(msg: Query) -> bool:
+    """True if no padding field can make this Query exactly QUERY_SIZE bytes.
+
+    With 582 bytes before the padding field, a bin8 pad reaches 839 bytes at most
+    and a bin16 pad 841 at least; encode() then sends 841 bytes (receivers accept
+    it). It takes a uport in 128..255 (or an instance in 128..255 and a uport below
+    128) and 138..140 known prefixes: a real node's 64-bit instance and ephemeral
+    port never hit it.
+    """
+    known = b"".join(msg.known)
+    return len(dgram(2, msg.sender, msg.instance, msg.uport, known)) == QUERY_SIZE - 258
+
+
+# Every msgpack width of instance and uport; known-list lengths around the bin8/bin16
+# switch of the list (63/64 prefixes) and of the padding (137..141 prefixes).
+_KNOWN_COUNTS = [0, 1, 2, 63, 64, 100, *range(137, 142), MAX_KNOWN]
+
+
+@pytest.mark.parametrize("instance", [0, 1, 127, 128, 2**16, 2**32, U64_MAX])
 @pytest.mark.parametrize("uport", [1, 127, 128, 255, 256, 65535])
 def test_query_is_exactly_query_size(instance: int, uport: int) -> None:
-    data = encode(Query(ALICE, instance, uport))
+    for count in _KNOWN_COUNTS:
+        msg = Query(ALICE, instance, uport, _prefixes(count))
+        data = encode(msg)
+        assert len(data) == QUERY_SIZE, count
+        if not _no_exact_padding(msg):  # see test_query_size_corner_case
+            assert decode(data) == msg
+
+
+def test_real_queries_are_exactly_query_size() -> None:
+    # A node's instance is (unix_ms mod 2**48) << 16 | random: a uint64 in msgpack.
+    for count in range(MAX_KNOWN + 1):
+        msg = Query(ALICE, ALICE_INSTANCE, 40001, _prefixes(count))
+        assert not _no_exact_padding(msg)
+        assert len(encode(msg)) == QUERY_SIZE
+
+
+@pytest.mark.parametrize(
+    ("instance", "uport", "count"),
+    [(0, 128, 140), (128, 1, 140), (2**16, 255, 139), (2**32 - 1, 128, 139), (U64_MAX, 200, 138)],
+)
+def test_query_size_corner_case(instance: int, uport: int, count: int) -> None:
+    # Here a pad of 257 bytes would be needed, which msgpack cannot write (bin8
+    # holds 255, bin16 adds a header byte): one known prefix is left out instead.
+    msg = Query(ALICE, instance, uport, _prefixes(count))
+    assert _no_exact_padding(msg)
+    data = encode(msg)
     assert len(data) == QUERY_SIZE
-    assert decode(data) == Query(ALICE, instance, uport)
+    assert decode(data) == Query(ALICE, instance, uport, _prefixes(count - 1))
 
 
 def test_chat_with_longest_text_fits() -> None:
@@ -590,11 +709,41 @@ def test_chat_with_longest_text_fits() -> None:
 
 
 @pytest.mark.parametrize(
-    "nick", ["", "a b", "tab\t", "new\nline", "nul\x00", "zw\u200bsp", "n" * 33, "é" * 17]
-)
+    "nick",
+    [
+        "", "a b", "tab\t", "new\nline", "nul\x00", "zw\u200bsp", "n" * 33, "é" * 17,
+        "nb\u00a0sp", "soft\u00adhyphen", "\u0378", "\ue000", "\u3000", "\u2029",
+    ],
+)  # fmt: skip
 def test_check_nick_refuses(nick: str) -> None:
     with pytest.raises(ConfigError):
         check_nick(nick)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.characters())
+def test_names_refuse_exactly_categories_c_and_z(char: str) -> None:
+    """isprintable() and "no ASCII space" is the category rule of PROTOCOL.md section 2."""
+    refused = unicodedata.category(char)[0] in "CZ"
+    try:
+        check_nick("a" + char)
+    except ConfigError:
+        assert refused
+    else:
+        assert not refused
+
+
+def test_names_category_rule_holds_for_every_code_point() -> None:
+    for code in range(0x110000):
+        char = chr(code)
+        printable = char.isprintable() and char != " "
+        assert printable == (unicodedata.category(char)[0] not in "CZ"), hex(code)
+
+
+@pytest.mark.parametrize("check", [check_nick, check_room, check_text, check_status_text])
+def test_lone_surrogates_are_refused(check: Callable[[str], str]) -> None:
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        check("ab\ud800")
 
 
 @pytest.mark.parametrize("nick", ["alice", "n" * 32, "é" * 16, "Zoë_2", "\U0001f600" * 8])

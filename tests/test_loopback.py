@@ -113,7 +113,9 @@ def test_garbage_on_the_port_is_dropped_and_counted(lo_port: int) -> None:
     async def main() -> None:
         async with node("alice", lo_port) as a:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            sock.setsockopt(
+                socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1")
+            )
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
             for payload in [b"", b"hello", b"LC\x01\x00\xc1", b"LC\x07\x00\x90", b"LC\x01\x00"]:
                 sock.sendto(payload, (lanchat.DEFAULT_GROUP, lo_port))
