@@ -28,6 +28,7 @@ from lanchat.events import (
     PeerRestarted,
     PeerStatusChanged,
     PeerUnreachable,
+    UnauthenticatedReceived,
 )
 from lanchat.node import Node
 
@@ -64,5 +65,6 @@ __all__ = [
     "PeerRestarted",
     "PeerStatusChanged",
     "PeerUnreachable",
+    "UnauthenticatedReceived",
     "__version__",
 ]

@@ -405,6 +405,9 @@ def event_fragments(
             return [*head, ("bold", f"[dm -> {to}] "), outcome, ("", quote)]
         case ev.NoticeAcknowledged(peer_id=peer_id):
             return [*head, (_INFO_STYLE, f"--- your notice was seen by {_name(peer_id, nicks)}")]
+        case ev.UnauthenticatedReceived(address=address, count=count, why=why):
+            text = f"!!! {count} datagram{'s' if count != 1 else ''} from {address} {why}"
+            return [*head, (_ERROR_STYLE, text + " (check --key / --key-file)")]
     return [*head, *_peer_fragments(event)]
 
 

@@ -7,11 +7,13 @@ import contextlib
 import dataclasses
 import getpass
 import json
+import os
 import re
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -22,6 +24,7 @@ from lanchat import events as ev
 from lanchat.codec import check_nick, check_text
 from lanchat.errors import ConfigError, LanchatError
 from lanchat.node import Node
+from lanchat.seal import key_from_passphrase, new_key_text, read_key_file
 
 T = TypeVar("T")
 
@@ -74,6 +77,15 @@ class Common:
     exclude: tuple[str, ...]
     ttl: int
     nick: str
+    key_files: tuple[Path, ...]
+    passphrase: str | None
+
+    def keys(self) -> list[bytes]:
+        """The group keys: key files first (the first one seals), then the passphrase."""
+        keys = [read_key_file(path) for path in self.key_files]
+        if self.passphrase is not None:
+            keys.append(key_from_passphrase(self.passphrase, self.group, self.port))
+        return keys
 
     def node(self, **kwargs: Any) -> Node:
         node = Node(
@@ -83,6 +95,7 @@ class Common:
             interfaces=self.interfaces,
             exclude_interfaces=self.exclude,
             ttl=self.ttl,
+            keys=self.keys(),
             **kwargs,
         )
         if node.choice.loopback_only and not self.interfaces:
@@ -91,6 +104,17 @@ class Common:
                 err=True,
             )
         return node
+
+
+def _warn_visible_secret(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    source = ctx.get_parameter_source(param.name or "")
+    if value is not None and source is click.core.ParameterSource.COMMANDLINE:
+        click.echo(
+            "lanchat: warning: a passphrase on the command line is visible to other local "
+            "users (ps); use LANCHAT_KEY or --key-file",
+            err=True,
+        )
+    return value
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,6 +135,12 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Multicast TTL; 1 keeps traffic on the local network."),
         click.option("--nick", "-n", type=NickType(), default=default_nick,
                      envvar="LANCHAT_NICK", help="Your nickname (default: login name)."),
+        click.option("--key-file", "key_files", multiple=True, envvar="LANCHAT_KEY_FILE",
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Group key file (repeatable: the first seals, all are accepted)."),
+        click.option("--key", "passphrase", envvar="LANCHAT_KEY", metavar="PASSPHRASE",
+                     callback=_warn_visible_secret,
+                     help="Group passphrase (prefer LANCHAT_KEY or --key-file)."),
     ]  # fmt: skip
     for option in reversed(options):
         fn = option(fn)
@@ -349,6 +379,26 @@ def listen(as_json: bool, rooms: tuple[str, ...], **kwargs: Any) -> None:
             await node.close()
 
     run(go)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def keygen(path: Path, force: bool) -> None:
+    """Write a new random group key to PATH (readable by you only).
+
+    Give the file to every member, e.g. `lanchat join --key-file PATH`.
+    """
+    if path.exists() and not force:
+        fail(f"{path} exists; use --force to overwrite it")
+    try:
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(new_key_text())
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+    click.echo(f"wrote a new group key to {path}")
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ from typing import Any, Final
 import msgpack
 
 from lanchat.errors import ConfigError
+from lanchat.seal import Opener, OpenError, Sealer
 
 MAGIC: Final = b"LC"
 VERSION: Final = 1
-FLAG_SEALED: Final = 0x01  # reserved for keyed groups; a v1 plain decoder drops it
+FLAG_SEALED: Final = 0x01  # keyed groups (lanchat.seal); a node without the key drops it
 HEADER: Final = MAGIC + bytes([VERSION, 0])
 
 # Sizes. 1200 bytes stays under every real LAN's MTU (IPv6 minimum 1280) with
@@ -316,7 +317,14 @@ def _port(value: object) -> int:
     return _u(value, 16, low=1)
 
 
-def _body(data: bytes) -> list[Any]:
+def _unpack(payload: bytes) -> Any:
+    try:
+        return msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types; one place catches them all
+        raise _bad("malformed") from exc
+
+
+def _body(data: bytes, opener: Opener | None) -> list[Any]:
     if len(data) > MAX_DATAGRAM:
         raise _bad("oversized")
     if len(data) < len(HEADER) + 1:
@@ -326,19 +334,29 @@ def _body(data: bytes) -> list[Any]:
     if data[2] != VERSION:
         raise _bad("version")
     if data[3] & FLAG_SEALED:
-        raise _bad("sealed")
-    try:
-        body = msgpack.unpackb(
-            data[len(HEADER) :],
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-        )
-    except Exception as exc:  # msgpack raises several types; one place catches them all
-        raise _bad("malformed") from exc
+        if opener is None:
+            raise _bad("sealed")  # a keyed group's traffic; we hold no key
+        try:
+            sender, instance, inner = opener.open(data)
+        except OpenError as exc:
+            raise _bad(exc.reason) from None
+        body = _unpack(inner)
+        if type(body) is not list or not body:
+            raise _bad("not a message")
+        body[1:1] = [sender, instance]
+        return body
+    if opener is not None:
+        raise _bad("unsealed")  # a keyed node accepts nothing without the key
+    body = _unpack(data[len(HEADER) :])
     if type(body) is not list or len(body) < 3:
         raise _bad("not a message")
     return body
+
+
+def seal(data: bytes, sealer: Sealer) -> bytes:
+    """Seal a plain datagram made by `encode` (its sender and instance move to the header)."""
+    body = msgpack.unpackb(data[len(HEADER) :], raw=False)
+    return sealer.seal(msgpack.packb([body[0], *body[3:]], use_bin_type=True))
 
 
 def _n(body: list[Any], count: int) -> None:
@@ -347,9 +365,12 @@ def _n(body: list[Any], count: int) -> None:
         raise _bad("missing fields")
 
 
-def decode(data: bytes) -> Message:
-    """Decode one datagram; raise DecodeError for anything that is not a valid message."""
-    body = _body(data)
+def decode(data: bytes, opener: Opener | None = None) -> Message:
+    """Decode one datagram; raise DecodeError for anything that is not a valid message.
+
+    With an opener (a keyed node) only sealed datagrams that open are accepted.
+    """
+    body = _body(data, opener)
     kind = body[0]
     if type(kind) is not int:
         raise _bad("unknown type")

@@ -22,6 +22,7 @@ from lanchat.codec import DecodeError
 from lanchat.config import NodeConfig
 from lanchat.errors import ClosedError, ConfigError, PeerError
 from lanchat.membership import Membership, PeerRecord, Timeouts
+from lanchat.seal import KeyRing, Opener, Sealer
 
 Address = tuple[str, int]
 
@@ -33,6 +34,27 @@ _WINDOW_MASK: Final = (1 << _DEDUP_WINDOW) - 1
 # Senders whose sequence windows are remembered; a window is ~150 bytes, and
 # a LAN rarely has more than a few hundred senders. Oldest forgotten first.
 _MAX_SENDERS: Final = 4096
+# Why a datagram was dropped -> the Stats counter it goes to.
+_DROP_COUNTERS: Final = {
+    "foreign": "foreign",
+    "version": "wrong_version",
+    "sealed": "sealed",
+    "unknown key": "unknown_key",
+    "forged": "forged",
+    "replayed": "replayed",
+    "unsealed": "unsealed",
+}
+# Drops that mean "someone here uses another key (or none)": reported to the user.
+_UNAUTHENTICATED: Final = {
+    "sealed": "sealed with a key this node does not have",
+    "unknown key": "sealed with an unknown key",
+    "forged": "failing authentication with our key",
+    "unsealed": "without a key (this node requires one)",
+}
+# Sources tracked between reports; a flood of spoofed sources cannot grow it.
+_MAX_UNAUTH_SOURCES: Final = 256
+# Report key mismatches at once, then at most every 10 s: enough to notice, not spam.
+_UNAUTH_REPORT_EVERY: Final = 10.0
 # Queriers remembered for the answer rate limit (one entry per ip:port).
 _MAX_QUERIERS: Final = 1024
 # Answers waiting for their random delay; a flood of queries can queue no more.
@@ -72,7 +94,11 @@ class Stats:
     sent: int = 0
     foreign: int = 0  # not lanchat at all (bad magic)
     wrong_version: int = 0
-    sealed: int = 0  # keyed-group datagrams this node cannot open
+    sealed: int = 0  # keyed-group datagrams, and this node holds no key
+    unknown_key: int = 0  # sealed with a key this node does not hold
+    forged: int = 0  # our key id but the tag does not verify
+    replayed: int = 0  # authentic but seen before (or from an older start)
+    unsealed: int = 0  # plain datagrams reaching a keyed node
     malformed: int = 0  # lanchat magic but not a valid message
     own: int = 0  # our own multicast looped back
     duplicates: int = 0
@@ -131,6 +157,7 @@ class NodeCore:
         *,
         uport: int,
         rng: random.Random,
+        keys: KeyRing | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -164,6 +191,12 @@ class NodeCore:
         self._directs: dict[int, _PendingDirect] = {}
         self._notices: dict[int, _PendingNotice] = {}
         self._byes_left = 0
+        self.keys = keys
+        self._sealer = Sealer(keys, identity.peer_id, identity.instance) if keys else None
+        self._opener = Opener(keys) if keys else None
+        self._unauth: dict[tuple[str, str], int] = {}
+        self._unauth_report_due = False
+        self._unauth_next_report = 0.0
         self.started = False
         self.closed = False
 
@@ -292,6 +325,9 @@ class NodeCore:
         """Take the datagrams queued for sending."""
         out, self._out = self._out, []
         self.stats.sent += len(out)
+        if self._sealer is not None:
+            sealer = self._sealer  # sealed now, so every repeat gets a fresh counter
+            out = [Datagram(codec.seal(d.data, sealer), d.to) for d in out]
         return out
 
     def next_event(self) -> ev.Event | None:
@@ -333,9 +369,9 @@ class NodeCore:
         if self.closed:
             return  # a node that said goodbye answers nothing (not even pings)
         try:
-            msg = codec.decode(data)
+            msg = codec.decode(data, self._opener)
         except DecodeError as exc:
-            self._count_drop(exc.reason)
+            self._count_drop(exc.reason, source, now)
             return
         if msg.sender == self._id:
             self.stats.own += 1
@@ -402,15 +438,22 @@ class NodeCore:
     def _multicast(self, data: bytes) -> None:
         self._out.append(Datagram(data, None))
 
-    def _count_drop(self, reason: str) -> None:
-        if reason == "foreign":
-            self.stats.foreign += 1
-        elif reason == "version":
-            self.stats.wrong_version += 1
-        elif reason == "sealed":
-            self.stats.sealed += 1
-        else:
-            self.stats.malformed += 1
+    def _count_drop(self, reason: str, source: Address, now: float) -> None:
+        counter = _DROP_COUNTERS.get(reason, "malformed")
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        if reason in _UNAUTHENTICATED:
+            self._note_unauthenticated(source[0], _UNAUTHENTICATED[reason], now)
+
+    def _note_unauthenticated(self, ip: str, why: str, now: float) -> None:
+        """Count datagrams a key mismatch kept out; reported per source, at most every 10 s."""
+        key = (ip, why)
+        if key not in self._unauth and len(self._unauth) >= _MAX_UNAUTH_SOURCES:
+            return
+        self._unauth[key] = self._unauth.get(key, 0) + 1
+        if not self._unauth_report_due:
+            self._unauth_report_due = True
+            delay = 0.0 if now >= self._unauth_next_report else self._unauth_next_report - now
+            self._at(now + delay, "unauth_report", 0)
 
     def _reconfigure(self, now: float, **changes: object) -> None:
         self._check_open()
@@ -477,6 +520,12 @@ class NodeCore:
                     pending.destinations = rec.destinations()
                 for dest in pending.destinations:
                     self._out.append(Datagram(pending.datagram, dest))
+        elif kind == "unauth_report":
+            self._unauth_report_due = False
+            self._unauth_next_report = now + _UNAUTH_REPORT_EVERY
+            for (ip, why), count in sorted(self._unauth.items()):
+                self._events.append(ev.UnauthenticatedReceived(ip, count, why))
+            self._unauth.clear()
         elif kind == "direct_done":
             pending = self._directs.pop(key, None)
             if pending is not None:

@@ -159,6 +159,19 @@ class NoticeAcknowledged:
     peer_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class UnauthenticatedReceived:
+    """Datagrams from `address` were dropped because of a key mismatch (reported every 10 s).
+
+    `why` says which: sealed with a key we lack, with an unknown key, failing
+    authentication, or plain while this node requires a key.
+    """
+
+    address: str
+    count: int
+    why: str
+
+
 Event = (
     PeerJoined
     | PeerRestarted
@@ -175,4 +188,5 @@ Event = (
     | DirectDelivered
     | DirectFailed
     | NoticeAcknowledged
+    | UnauthenticatedReceived
 )

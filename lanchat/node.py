@@ -1,6 +1,6 @@
 """The asyncio adapter: real sockets and the event loop's clock around a NodeCore.
 
-    async with Node("alice", interfaces=["eth0"]) as node:
+    async with Node("alice", interfaces=["eth0"], keys=[key]) as node:  # keys: optional
         await node.say("lobby", "hello")
         async for event in node.events():
             print(event)
@@ -28,6 +28,7 @@ from lanchat import netif
 from lanchat.core import Address, Datagram, Identity, NodeCore, Stats
 from lanchat.errors import ClosedError, ConfigError, NetworkError, PeerError
 from lanchat.identity import IdentityLease, acquire_identity, ephemeral_identity
+from lanchat.seal import KeyRing
 
 # Events kept for a subscriber that does not read; the oldest are dropped past it.
 _MAX_QUEUED_EVENTS: Final = 10_000
@@ -81,6 +82,7 @@ class Node:
         remove_after: float | None = None,
         identity: Identity | None = None,
         host: str | None = None,
+        keys: Sequence[bytes] = (),
     ) -> None:
         self.group = cfg.check_group(group)
         self.port = cfg.check_port(port)
@@ -101,6 +103,7 @@ class Node:
         self.choice = netif.choose_interfaces(
             netif.read_interfaces(), interfaces, exclude_interfaces
         )
+        self.keys = KeyRing(tuple(keys)) if keys else None
         self._identity = identity
         self._lease: IdentityLease | None = None
         self._core: NodeCore | None = None
@@ -142,7 +145,9 @@ class Node:
             raise
         assert self._unicast is not None
         uport = self._unicast.get_extra_info("sockname")[1]
-        self._core = NodeCore(self.config, self._identity, uport=uport, rng=random.Random())
+        self._core = NodeCore(
+            self.config, self._identity, uport=uport, rng=random.Random(), keys=self.keys
+        )
         self._started_at = loop.time()
         self._core.start(self._started_at)
         self._pump()

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lanchat import events as ev
 from lanchat.config import NodeConfig
 from lanchat.core import Address, Identity, NodeCore
+from lanchat.seal import KeyRing
 
 
 @dataclass
@@ -87,6 +88,7 @@ class FakeLan:
         peer_id: bytes | None = None,
         instance: int | None = None,
         start: bool = True,
+        keys: Sequence[bytes] = (),
         **config: Any,
     ) -> FakeNode:
         """Create (and by default start) a node; extra keywords go to NodeConfig."""
@@ -100,6 +102,7 @@ class FakeLan:
             Identity(pid, inst),
             uport=uport,
             rng=random.Random(self.rng.random()),
+            keys=KeyRing(tuple(keys)) if keys else None,
         )
         node = FakeNode(nick, core, addrs, self)
         self.nodes.append(node)
@@ -111,9 +114,14 @@ class FakeLan:
         return node
 
     def restart(self, node: FakeNode, **config: Any) -> FakeNode:
-        """Crash `node` and start it again with the same peer id and a newer instance."""
+        """Crash `node` and start it again with the same peer id and a newer instance.
+
+        Keywords change its NodeConfig, or its `keys` (default: the same keys).
+        """
         self.crash(node)
-        cfg = {
+        ring = node.core.keys
+        cfg: dict[str, Any] = {
+            "keys": ring.keys if ring is not None else (),
             "rooms": node.core.config.rooms,
             "heartbeat_interval": node.core.config.heartbeat_interval,
             **config,
