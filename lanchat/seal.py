@@ -46,7 +46,8 @@ KEY_ID_BYTES: Final = 2  # a hint to skip foreign keys cheaply; the tag decides
 SEALED_HEADER: Final = 28
 TAG_BYTES: Final = 16
 _COUNTER_BYTES: Final = 6  # 2**48 datagrams per start: centuries at LAN rates
-_REPLAY_WINDOW: Final = 1024  # the minimum; IPsec/DTLS use 64, WireGuard 8128
+_REPLAY_WINDOW: Final = 1024  # IPsec/DTLS use 64, WireGuard 8128; 1024 covers a burst
+_WINDOW_MASK: Final = (1 << _REPLAY_WINDOW) - 1
 # Subkeys (and replay windows) of this many senders are cached; oldest first out.
 _MAX_SENDERS: Final = 4096
 # scrypt: n=2**17, r=8 takes 128 MiB and ~0.5 s here, once per start: the
@@ -123,8 +124,7 @@ class _Window:
     def accept(self, counter: int) -> bool:
         if counter > self.highest:
             shift = counter - self.highest
-            self.mask = 1 if shift >= _REPLAY_WINDOW else (self.mask << shift | 1)
-            self.mask &= (1 << _REPLAY_WINDOW) - 1
+            self.mask = 1 if shift >= _REPLAY_WINDOW else (self.mask << shift | 1) & _WINDOW_MASK
             self.highest = counter
             return True
         offset = self.highest - counter
