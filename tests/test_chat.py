@@ -19,7 +19,6 @@ from typing import Any
 import pexpect
 import pytest
 
-import lanchat
 from lanchat import events as ev
 from lanchat.chat import (
     COMMANDS,
@@ -50,6 +49,7 @@ from lanchat.chat import (
     run_join,
     sanitize,
 )
+from tests.loopback_helpers import node, until
 
 NOW = datetime(2024, 5, 6, 12, 34, 56)
 BOB_ID = "b0b0b0b0b0b0b0b0"
@@ -375,17 +375,6 @@ def test_read_lines_splits_decodes_and_ends_at_eof() -> None:
 
 
 # ------------------------------------------------------ sessions on loopback
-
-
-def node(name: str, port: int, **kwargs: Any) -> lanchat.Node:
-    return lanchat.Node(name, interfaces=["lo"], port=port, **kwargs)
-
-
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def drain(queue: asyncio.Queue[ev.Event]) -> list[ev.Event]:

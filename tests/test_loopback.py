@@ -20,20 +20,10 @@ import pytest
 
 import lanchat
 from lanchat import events as ev
+from tests.loopback_helpers import node, until
 
 pytestmark = pytest.mark.loopback
 LANCHAT = [sys.executable, "-m", "lanchat"]
-
-
-def node(name: str, port: int, **kwargs: Any) -> lanchat.Node:
-    return lanchat.Node(name, interfaces=["lo"], port=port, **kwargs)
-
-
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def test_library_discovery_chat_direct_notice(lo_port: int) -> None:
