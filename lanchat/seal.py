@@ -31,15 +31,14 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from typing import TYPE_CHECKING, Final
 
 from lanchat.errors import ConfigError
+
+# `cryptography` is imported only where a key is used: a node without a key
+# does not pay its ~7 MB of resident memory.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 KEY_BYTES: Final = 32
 KEY_ID_BYTES: Final = 2  # a hint to skip foreign keys cheaply; the tag decides
@@ -75,6 +74,8 @@ def key_from_passphrase(passphrase: str, group: str, port: int) -> bytes:
     """Derive a group key from a passphrase with scrypt, salted with the group identity."""
     if len(passphrase) < 8:
         raise ConfigError("passphrase is too short (at least 8 characters)")
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
     salt = f"lanchat v1 group {group}:{port}".encode()
     kdf = Scrypt(salt=salt, length=KEY_BYTES, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
     return kdf.derive(passphrase.encode())
@@ -108,6 +109,10 @@ def read_key_file(path: Path) -> bytes:
 
 
 def _subkey(key: bytes, sender: bytes, instance: int) -> ChaCha20Poly1305:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     info = b"lanchat v1 sender" + sender + instance.to_bytes(8, "big")
     return ChaCha20Poly1305(HKDF(hashes.SHA256(), KEY_BYTES, None, info).derive(key))
 
@@ -190,6 +195,9 @@ class Opener:
     """Opens sealed datagrams, rejecting forgeries, foreign keys and replays."""
 
     def __init__(self, ring: KeyRing) -> None:
+        from cryptography.exceptions import InvalidTag
+
+        self._invalid_tag = InvalidTag
         self.ring = ring
         self._windows: OrderedDict[tuple[bytes, int], _Window] = OrderedDict()
         self._latest: OrderedDict[bytes, int] = OrderedDict()  # highest instance per sender
@@ -212,7 +220,7 @@ class Opener:
                     _nonce(counter), data[SEALED_HEADER:], header
                 )
                 break
-            except InvalidTag:
+            except self._invalid_tag:
                 continue
         if body is None:
             raise OpenError("unknown key" if kid not in self.ring.ids else "forged")
