@@ -194,9 +194,7 @@ class NodeCore:
         self.keys = keys
         self._sealer = Sealer(keys, identity.peer_id, identity.instance) if keys else None
         self._opener = Opener(keys) if keys else None
-        self._unauth: dict[tuple[str, str], int] = {}
-        self._unauth_report_due = False
-        self._unauth_next_report = 0.0
+        self._unauth: dict[tuple[str, str], list[float]] = {}
         self.started = False
         self.closed = False
 
@@ -211,11 +209,12 @@ class NodeCore:
         if self.started:
             return
         self.started = True
-        delays = cfg.QUERY_DELAYS if self.config.member else cfg.QUERY_DELAYS_ONESHOT
-        for delay in delays:
-            self._at(now + delay, "query", 0)
-        if self.config.member:
-            self._announce(now)
+        self._discover(now)
+
+    def network_changed(self, now: float) -> None:
+        """The adapter joined or left interfaces: announce again and ask who is there."""
+        if self.started and not (self.closed or self._byes_left):
+            self._discover(now)
 
     def leave(self, now: float) -> None:
         """Say goodbye (several times); `closed` turns True once the last one is out."""
@@ -445,20 +444,39 @@ class NodeCore:
             self._note_unauthenticated(source[0], _UNAUTHENTICATED[reason], now)
 
     def _note_unauthenticated(self, ip: str, why: str, now: float) -> None:
-        """Count datagrams a key mismatch kept out; reported per source, at most every 10 s."""
+        """Count datagrams a key mismatch kept out: reported per source at once, then every 10 s."""
         key = (ip, why)
-        if key not in self._unauth and len(self._unauth) >= _MAX_UNAUTH_SOURCES:
-            return
-        self._unauth[key] = self._unauth.get(key, 0) + 1
-        if not self._unauth_report_due:
-            self._unauth_report_due = True
-            delay = 0.0 if now >= self._unauth_next_report else self._unauth_next_report - now
-            self._at(now + delay, "unauth_report", 0)
+        entry = self._unauth.get(key)
+        if entry is None:
+            if len(self._unauth) >= _MAX_UNAUTH_SOURCES:
+                return
+            entry = self._unauth[key] = [0, now]  # [count since last report, next report]
+        entry[0] += 1
+        if entry[0] == 1:
+            self._at(max(now, entry[1]), "unauth_report", 0)
+
+    def _report_unauthenticated(self, now: float) -> None:
+        for (ip, why), entry in sorted(self._unauth.items()):
+            count, due = entry
+            if count and due <= now:
+                self._events.append(ev.UnauthenticatedReceived(ip, int(count), why))
+                entry[:] = [0, now + _UNAUTH_REPORT_EVERY]
+        # Forget quiet sources whose holdback has passed: the table stays small.
+        for key in [k for k, (count, due) in self._unauth.items() if not count and due <= now]:
+            del self._unauth[key]
 
     def _reconfigure(self, now: float, **changes: object) -> None:
         self._check_open()
         self.config = replace(self.config, **changes)  # type: ignore[arg-type]
         if self.config.member and self.started:
+            self._announce(now)
+
+    def _discover(self, now: float) -> None:
+        """Queries with back-off and, for a member, announcements: what a start sends."""
+        delays = cfg.QUERY_DELAYS if self.config.member else cfg.QUERY_DELAYS_ONESHOT
+        for delay in delays:
+            self._at(now + delay, "query", 0)
+        if self.config.member:
             self._announce(now)
 
     def _announce(self, now: float) -> None:
@@ -521,11 +539,7 @@ class NodeCore:
                 for dest in pending.destinations:
                     self._out.append(Datagram(pending.datagram, dest))
         elif kind == "unauth_report":
-            self._unauth_report_due = False
-            self._unauth_next_report = now + _UNAUTH_REPORT_EVERY
-            for (ip, why), count in sorted(self._unauth.items()):
-                self._events.append(ev.UnauthenticatedReceived(ip, count, why))
-            self._unauth.clear()
+            self._report_unauthenticated(now)
         elif kind == "direct_done":
             pending = self._directs.pop(key, None)
             if pending is not None:

@@ -106,6 +106,10 @@ def read_key_file(path: Path) -> bytes:
         return parse_key_text(path.read_text(), str(path))
     except OSError as exc:
         raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{path} is not a lanchat key file (make one with lanchat keygen)"
+        ) from None
 
 
 def _subkey(key: bytes, sender: bytes, instance: int) -> ChaCha20Poly1305:
