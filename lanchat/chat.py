@@ -408,7 +408,21 @@ def event_fragments(
         case ev.UnauthenticatedReceived(address=address, count=count, why=why):
             text = f"!!! {count} datagram{'s' if count != 1 else ''} from {address} {why}"
             return [*head, (_ERROR_STYLE, text + " (check --key / --key-file)")]
+        case ev.InterfacesChanged(added=added, removed=removed, active=active):
+            return [*head, *_network_fragments(added, removed, active)]
     return [*head, *_peer_fragments(event)]
+
+
+def _network_fragments(
+    added: Sequence[str], removed: Sequence[str], active: Sequence[str]
+) -> Fragments:
+    """One line such as "network: eth1 10.0.1.5 joined; eth0 10.0.0.5 removed"."""
+    changes = [f"{sanitize(where)} joined" for where in added]
+    changes += [f"{sanitize(where)} removed" for where in removed]
+    fragments: Fragments = [(_INFO_STYLE, f"--- network: {'; '.join(changes)}")]
+    if not active:
+        fragments.append((_ERROR_STYLE, " (no usable interface left: waiting for one)"))
+    return fragments
 
 
 def _nick(nick: str) -> Fragments:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from lanchat import __version__
+from lanchat import __version__, netif
 from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.codec import check_nick, check_text
@@ -194,6 +194,22 @@ def event_json(event: ev.Event, now: float) -> dict[str, Any]:
         value = getattr(event, field.name)
         out[field.name] = peer_json(value, now) if isinstance(value, ev.PeerInfo) else value
     return out
+
+
+def interface_json(info: netif.InterfaceInfo, verdict: netif.Verdict) -> dict[str, Any]:
+    """An interface and lanchat's verdict on it as a JSON object."""
+    return {
+        "name": info.name,
+        "index": info.index,
+        "used": verdict.used,
+        "reason": verdict.reason,
+        "up": info.up,
+        "ipv4": [net.cidr for net in info.ipv4],
+        "loopback": info.loopback,
+        "point_to_point": info.point_to_point,
+        "multicast": info.multicast,
+        "kind": info.virtual_kind,
+    }
 
 
 def _text(words: tuple[str, ...]) -> str:
@@ -379,6 +395,37 @@ def listen(as_json: bool, rooms: tuple[str, ...], **kwargs: Any) -> None:
             await node.close()
 
     run(go)
+
+
+@cli.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def interfaces(as_json: bool, **kwargs: Any) -> None:
+    """Show every network interface, whether lanchat would use it, and why not.
+
+    Takes --interface and --exclude-interface into account, as the other
+    commands would; reads the interfaces only (no socket is opened). Exit 1
+    when no interface is usable.
+    """
+    common = _common(kwargs)
+    try:
+        infos = netif.read_interfaces()
+        choice = netif.choose_interfaces(infos, common.interfaces, common.exclude)
+    except LanchatError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot read the network interfaces: {exc.strerror or exc}")
+    pairs = list(zip(infos, choice.verdicts, strict=True))
+    if as_json:
+        click.echo(json.dumps([interface_json(info, v) for info, v in pairs], indent=2))
+        return
+    rows = [("INTERFACE", "USED", "IPV4", "WHY")]
+    for info, verdict in pairs:
+        cidrs = ", ".join(net.cidr for net in info.ipv4) or "-"
+        rows.append((info.name, "yes" if verdict.used else "no", cidrs, verdict.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 @cli.command()

@@ -172,6 +172,20 @@ class UnauthenticatedReceived:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class InterfacesChanged:
+    """The node joined the group on new interfaces or left vanished ones ("eth0 10.0.0.5").
+
+    Emitted by the `Node` adapter, which re-reads the interfaces every few seconds.
+    `active` is every interface in use now; empty means none is usable: the node
+    keeps running, reaches no one, and joins again when one comes back.
+    """
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    active: tuple[str, ...]
+
+
 Event = (
     PeerJoined
     | PeerRestarted
@@ -189,4 +203,5 @@ Event = (
     | DirectFailed
     | NoticeAcknowledged
     | UnauthenticatedReceived
+    | InterfacesChanged
 )

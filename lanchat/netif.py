@@ -12,6 +12,9 @@ container/VM bridge, a veth or a VPN, nor excluded. If that leaves nothing,
 fall back to loopback. Naming interfaces (by name or IPv4 address) uses
 exactly those, whatever their kind, and raises `InterfaceError` for a name that
 matches nothing, or an interface that is down or has no IPv4 address.
+
+A running node re-reads and re-chooses every few seconds; `diff` (pure) says
+which `InterfaceAddress`es to join and which to leave.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ __all__ = [
     "Choice",
     "IPv4Net",
     "IPv6Addr",
+    "InterfaceAddress",
+    "InterfaceDiff",
     "InterfaceInfo",
     "Verdict",
     "choose_interfaces",
+    "diff",
     "interface_for_source",
     "is_on_link",
     "read_interfaces",
@@ -162,6 +168,49 @@ class Choice:
     def addresses(self) -> tuple[str, ...]:
         """The IPv4 address to join with on each used interface, in order."""
         return tuple(info.ipv4[0].address for info in self.used)
+
+    @property
+    def joined(self) -> tuple[InterfaceAddress, ...]:
+        """Each used interface with the IPv4 address lanchat joins and sends with."""
+        return tuple(
+            InterfaceAddress(info.name, info.ipv4[0].address, info.index) for info in self.used
+        )
+
+
+@dataclass(frozen=True)
+class InterfaceAddress:
+    """Where the group is joined: an interface and the IPv4 address used on it.
+
+    The index is part of the identity: an interface deleted and made again under
+    the same name and address between two reads is a new one to join.
+    """
+
+    name: str
+    address: str
+    index: int = 0  # 0 when the OS gives no index
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.address}"
+
+
+@dataclass(frozen=True)
+class InterfaceDiff:
+    """What changed between two sets of `InterfaceAddress`es."""
+
+    added: tuple[InterfaceAddress, ...]
+    removed: tuple[InterfaceAddress, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def diff(old: Iterable[InterfaceAddress], new: Iterable[InterfaceAddress]) -> InterfaceDiff:
+    """What to join (in `new`, not in `old`, in new's order) and leave (the reverse)."""
+    before, after = dict.fromkeys(old), dict.fromkeys(new)  # ordered sets
+    return InterfaceDiff(
+        added=tuple(where for where in after if where not in before),
+        removed=tuple(where for where in before if where not in after),
+    )
 
 
 # --- the pure decision ------------------------------------------------------

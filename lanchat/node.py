@@ -9,6 +9,12 @@ One multicast receive socket (shared port, address reuse) joined on every
 chosen interface by address; one multicast send socket per interface; one
 unicast socket on an ephemeral port. Exactly one `loop.call_at` timer handle,
 re-armed after every receive and send.
+
+Interfaces come and go while a node runs (cables, Wi-Fi, VPNs, containers):
+every `INTERFACE_POLL_INTERVAL` seconds, and on `refresh_interfaces()`, the node
+re-reads and re-chooses them with the same options, joins and opens a send
+socket on new ones, leaves vanished ones, emits `InterfacesChanged` and has the
+core announce itself and query again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import errno
 import random
 import socket
+import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final
@@ -26,7 +33,14 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat import netif
 from lanchat.core import Address, Datagram, Identity, NodeCore, Stats
-from lanchat.errors import ClosedError, ConfigError, NetworkError, PeerError
+from lanchat.errors import (
+    ClosedError,
+    ConfigError,
+    InterfaceError,
+    LanchatError,
+    NetworkError,
+    PeerError,
+)
 from lanchat.identity import IdentityLease, acquire_identity, ephemeral_identity
 from lanchat.seal import KeyRing
 
@@ -37,6 +51,11 @@ _RECV_BUFFER: Final = 1 << 20  # 1 MiB absorbs bursts of ~800 full datagrams
 # Query answers arrive within ~0.5 s (three queries, answers spread by <= 0.5 s);
 # a name looked up this soon after start waits for them instead of failing.
 _DISCOVERY_GRACE: Final = 1.5
+# Interfaces are re-read this often: a new or returning interface is joined within
+# 2 s, less than the 3 s of silence after which peers call a node unreachable
+# (config.UNREACHABLE_AFTER), and the announcement that follows reaches them in
+# milliseconds. A read costs ~1.5 ms (getifaddrs and /sys, 4 interfaces).
+INTERFACE_POLL_INTERVAL: Final = 2.0
 
 
 def _os_error(action: str, exc: OSError) -> NetworkError:
@@ -83,6 +102,7 @@ class Node:
         identity: Identity | None = None,
         host: str | None = None,
         keys: Sequence[bytes] = (),
+        interface_poll_interval: float | None = INTERFACE_POLL_INTERVAL,
     ) -> None:
         self.group = cfg.check_group(group)
         self.port = cfg.check_port(port)
@@ -100,9 +120,12 @@ class Node:
             unreachable_after=unreachable_after or cfg.UNREACHABLE_AFTER * scale,
             remove_after=remove_after or cfg.REMOVE_AFTER * scale,
         )
-        self.choice = netif.choose_interfaces(
-            netif.read_interfaces(), interfaces, exclude_interfaces
-        )
+        if interface_poll_interval is not None and interface_poll_interval <= 0:
+            raise ConfigError("the interface poll interval must be positive (or None: never)")
+        self._wanted = tuple(interfaces)
+        self._excluded = tuple(exclude_interfaces)
+        self._poll_interval = interface_poll_interval
+        self.choice = netif.choose_interfaces(netif.read_interfaces(), self._wanted, self._excluded)
         self.keys = KeyRing(tuple(keys)) if keys else None
         self._identity = identity
         self._lease: IdentityLease | None = None
@@ -111,10 +134,14 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._transports: list[asyncio.DatagramTransport] = []
         self._unicast: asyncio.DatagramTransport | None = None
-        self._senders: list[asyncio.DatagramTransport] = []
+        self._rx: socket.socket | None = None  # the group socket, for joining and leaving
+        self._senders: dict[netif.InterfaceAddress, asyncio.DatagramTransport] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
         self._subscribers: list[asyncio.Queue[ev.Event]] = []
         self._closed = asyncio.Event()
         self.send_errors = 0
+        self.interface_errors = 0  # joins, leaves and interface reads the OS refused
         self.dropped_events = 0
         self._started_at = 0.0
 
@@ -151,6 +178,10 @@ class Node:
         self._started_at = loop.time()
         self._core.start(self._started_at)
         self._pump()
+        if self._poll_interval is not None:
+            self._watcher = loop.create_task(
+                self._follow_interfaces(self._poll_interval), name="lanchat-interfaces"
+            )
 
     async def close(self) -> None:
         """Say goodbye (a member sends it three times over 150 ms), then close the sockets."""
@@ -163,7 +194,13 @@ class Node:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wait_core_closed(), timeout=2.0)
         self._closed.set()
-        self._close_sockets()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        async with self._refresh_lock:  # a refresh in progress opens no socket after this
+            self._close_sockets()
         if self._lease is not None:
             self._lease.release()
 
@@ -179,9 +216,10 @@ class Node:
             transport.close()
         self._transports.clear()
         self._senders.clear()
+        self._rx = None
 
     async def _open_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
-        addresses = [info.ipv4[0].address for info in self.choice.used if info.ipv4]
+        wanted = self.choice.joined
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         try:
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -197,37 +235,81 @@ class Node:
         except OSError as exc:
             rx.close()
             raise _os_error(f"open the group port {self.port}", exc) from exc
-        joined = 0
-        for addr in addresses:
-            mreq = socket.inet_aton(self.group) + socket.inet_aton(addr)
-            try:
-                rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-                joined += 1
-            except OSError as exc:
-                self.send_errors += 1
-                if len(addresses) == 1:
-                    rx.close()
-                    raise _os_error(f"join {self.group} on {addr}", exc) from exc
-        if not joined:
-            rx.close()
-            raise NetworkError(0, f"cannot join {self.group} on any interface")
         await self._endpoint(loop, rx)
+        self._rx = rx
+        joined = []
+        for where in wanted:
+            try:
+                self._membership(where, join=True)
+            except OSError as exc:
+                self.interface_errors += 1
+                if len(wanted) == 1:
+                    raise _os_error(f"join {self.group} on {where.address}", exc) from exc
+                continue  # tried again at the next interface poll
+            joined.append(where)
+        if not joined:
+            raise NetworkError(0, f"cannot join {self.group} on any interface")
         tx_unicast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         with contextlib.suppress(OSError):
             tx_unicast.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
         tx_unicast.bind(("0.0.0.0", 0))
         self._unicast = await self._endpoint(loop, tx_unicast)
-        for addr in addresses:
-            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        for where in joined:
             try:
-                tx.bind((addr, 0))
-                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(addr))
-                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
-                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+                self._senders[where] = await self._open_sender(loop, where.address)
             except OSError as exc:
-                tx.close()
-                raise _os_error(f"send multicast from {addr}", exc) from exc
-            self._senders.append(await self._endpoint(loop, tx))
+                raise _os_error(f"send multicast from {where.address}", exc) from exc
+
+    def _membership(self, where: netif.InterfaceAddress, *, join: bool) -> None:
+        """Join or leave the group on one interface (OSError if the OS refuses)."""
+        assert self._rx is not None
+        group = socket.inet_aton(self.group) + socket.inet_aton(where.address)
+        if join:
+            self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+        elif where.index and sys.platform.startswith("linux"):
+            # Leave by interface index (struct ip_mreqn): the address may be gone already,
+            # and leaving by a vanished address would keep the interface in the group.
+            mreqn = group + struct.pack("@i", where.index)
+            self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, mreqn)
+        else:
+            self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, group)
+
+    async def _open_sender(
+        self, loop: asyncio.AbstractEventLoop, address: str
+    ) -> asyncio.DatagramTransport:
+        """A socket sending to the group from `address` (OSError if the OS refuses)."""
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            tx.bind((address, 0))
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        except BaseException:
+            tx.close()
+            raise
+        return await self._endpoint(loop, tx)
+
+    async def _add_interface(
+        self, loop: asyncio.AbstractEventLoop, where: netif.InterfaceAddress
+    ) -> None:
+        """Join the group on `where` and open its send socket, or neither (OSError)."""
+        self._membership(where, join=True)
+        try:
+            self._senders[where] = await self._open_sender(loop, where.address)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._membership(where, join=False)
+            raise
+
+    def _remove_interface(self, where: netif.InterfaceAddress) -> None:
+        """Close the send socket of `where` and leave the group there; never raises."""
+        sender = self._senders.pop(where, None)
+        if sender is not None:
+            sender.close()
+            with contextlib.suppress(ValueError):
+                self._transports.remove(sender)
+        with contextlib.suppress(OSError):  # the interface may be gone already
+            self._membership(where, join=False)
 
     async def _endpoint(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket
@@ -263,11 +345,7 @@ class Node:
         for dgram in core.datagrams_to_send():
             self._send(dgram)
         while (event := core.next_event()) is not None:
-            for queue in self._subscribers:
-                if queue.qsize() >= _MAX_QUEUED_EVENTS:
-                    queue.get_nowait()
-                    self.dropped_events += 1
-                queue.put_nowait(event)
+            self._publish(event)
         when = core.get_timer()
         if self._timer is not None and (when is None or self._timer.when() != when):
             self._timer.cancel()
@@ -275,10 +353,17 @@ class Node:
         if when is not None and self._timer is None and not self._closed.is_set():
             self._timer = self._loop.call_at(when, self._on_timer)
 
+    def _publish(self, event: ev.Event) -> None:
+        for queue in self._subscribers:
+            if queue.qsize() >= _MAX_QUEUED_EVENTS:
+                queue.get_nowait()
+                self.dropped_events += 1
+            queue.put_nowait(event)
+
     def _send(self, dgram: Datagram) -> None:
         try:
             if dgram.to is None:
-                for tx in self._senders:
+                for tx in self._senders.values():
                     tx.sendto(dgram.data, (self.group, self.port))
             elif self._unicast is not None:
                 self._unicast.sendto(dgram.data, dgram.to)
@@ -297,6 +382,64 @@ class Node:
         result = action(core, self._now())
         self._pump()
         return result
+
+    # ---------------------------------------------------------- interfaces
+
+    async def _follow_interfaces(self, interval: float) -> None:
+        """Refresh the interfaces every `interval` seconds until the node closes."""
+        while not self._closed.is_set():
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh_interfaces()
+            except (OSError, LanchatError):  # never end the poll: the next one may do better
+                self.interface_errors += 1
+
+    async def refresh_interfaces(self) -> ev.InterfacesChanged | None:
+        """Re-read and re-choose the interfaces now, and follow any change.
+
+        Joins the group on new interface addresses, leaves vanished ones, then
+        announces this node and queries again. Returns the `InterfacesChanged`
+        event it emitted, or None if nothing changed (or the node is not running).
+        With no usable interface left the node keeps running and sends nowhere
+        until one comes back. Runs by itself every `interface_poll_interval`
+        seconds (`INTERFACE_POLL_INTERVAL`; None turns the poll off).
+        """
+        async with self._refresh_lock:
+            core, loop = self._core, self._loop
+            if core is None or loop is None or self._closed.is_set() or core.closed:
+                return None
+            try:
+                infos = netif.read_interfaces()
+            except OSError:
+                self.interface_errors += 1
+                return None
+            try:
+                choice = netif.choose_interfaces(infos, self._wanted, self._excluded)
+            except InterfaceError:  # nothing usable: leave everything, keep polling
+                choice = netif.Choice(used=(), verdicts=(), loopback_only=False)
+            change = netif.diff(self._senders, choice.joined)
+            for where in change.removed:
+                self._remove_interface(where)
+            added = []
+            for where in change.added:
+                try:
+                    await self._add_interface(loop, where)
+                except OSError:
+                    self.interface_errors += 1  # not joined: tried again at the next poll
+                    continue
+                added.append(where)
+            self.choice = choice
+            if not (added or change.removed):
+                return None
+            event = ev.InterfacesChanged(
+                added=tuple(map(str, added)),
+                removed=tuple(map(str, change.removed)),
+                active=tuple(map(str, self._senders)),
+            )
+            self._publish(event)
+            core.network_changed(self._now())
+            self._pump()
+            return event
 
     # ------------------------------------------------------------- public
 
