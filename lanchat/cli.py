@@ -429,6 +429,43 @@ def interfaces(as_json: bool, **kwargs: Any) -> None:
 
 
 @cli.command()
+@common_options
+@click.option("--wait", type=click.FloatRange(0.5, 30), default=2.0, show_default=True,
+              help="Seconds to listen on each interface.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def doctor(wait: float, as_json: bool, **kwargs: Any) -> None:
+    """Find out why you cannot see anyone: a verdict per interface, its evidence and the fix.
+
+    Asks the group who is there from every interface lanchat would use and
+    listens for a few seconds: can it join, do its own datagrams come back,
+    which peers answer, what arrives that cannot be used (another key, another
+    version, another program), plus the group's scope, other lanchat processes
+    here and the default route. Exit 1 when nothing can work.
+    """
+    common = _common(kwargs)
+    from lanchat import doctor as doc
+
+    async def go() -> doc.Evidence:
+        return await doc.gather(
+            group=common.group,
+            port=common.port,
+            ttl=common.ttl,
+            interfaces=common.interfaces,
+            exclude=common.exclude,
+            keys=common.keys(),
+            wait=wait,
+        )
+
+    evidence = run(go)
+    findings = doc.diagnose(evidence)
+    if as_json:
+        click.echo(json.dumps(doc.report_json(evidence, findings), indent=2))
+    else:
+        click.echo(doc.render(evidence, findings))
+    sys.exit(0 if doc.can_work(findings) else 1)
+
+
+@cli.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def keygen(path: Path, force: bool) -> None:
