@@ -33,6 +33,10 @@ class PeerError(LanchatError, LookupError):
 class NetworkError(LanchatError, OSError):
     """The operating system refused a network operation."""
 
+    def __str__(self) -> str:
+        # The message already says what failed and why; "[Errno 98]" adds nothing for people.
+        return str(self.strerror) if self.strerror else super().__str__()
+
 
 class ClosedError(LanchatError):
     """The node was closed by its owner."""
