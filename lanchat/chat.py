@@ -36,6 +36,7 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.codec import check_room
 from lanchat.errors import LanchatError
+from lanchat.history import RECENT_LINES, Entry
 from lanchat.node import Node
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "Say",
     "SentDirect",
     "completions",
+    "entry_fragments",
     "event_fragments",
     "format_event",
     "format_peers",
@@ -462,6 +464,49 @@ def _peer_fragments(event: ev.Event) -> Fragments:
     return [("", f"{arrow} "), *_nick(p.nick), ("", what)]
 
 
+_STATE_STYLES: Final = {
+    "sent": _INFO_STYLE,
+    "delivered": "ansigreen",
+    "unconfirmed": "ansiyellow",
+    "failed": _ERROR_STYLE,
+}
+
+
+def entry_fragments(entry: Entry, *, dim: bool = False) -> Fragments:
+    """A stored message as styled pieces stamped with date and time; `dim` greys it all."""
+    nick = sanitize(entry.nick)
+    text = sanitize(entry.text)
+    body: Fragments
+    match entry.kind, entry.direction:
+        case "chat", _:
+            room = sanitize(entry.room or "")
+            body = [("", f"[#{room}] "), (nick_style(entry.nick), f"<{nick}>"), ("", f" {text}")]
+        case "direct", "out":
+            state = entry.state or "sent"
+            style = _STATE_STYLES.get(state, _INFO_STYLE)
+            body = [("bold", f"[dm -> {nick}] "), ("", text), (style, f" ({sanitize(state)})")]
+        case "direct", _:
+            body = [("bold", "[dm] "), (nick_style(entry.nick), f"<{nick}>"), ("", f" {text}")]
+        case "notice", "out":
+            body = [(_NOTICE_STYLE, f"*** NOTICE sent: {text} ***")]
+        case "notice", _:
+            body = [(_NOTICE_STYLE, f"*** NOTICE from {nick}: {text} ***")]
+        case "lost", _:
+            count = entry.extra.get("count")
+            what = (
+                f"{count} message{'s' if count != 1 else ''}"
+                if isinstance(count, int)
+                else "messages"
+            )
+            body = [(_ERROR_STYLE, f"!!! {what} from {nick} lost")]
+        case _:
+            body = [("", f"--- {sanitize(entry.kind)}: {text}")]
+    if dim:
+        body = [(_INFO_STYLE, piece) for _, piece in body]
+    stamp = datetime.fromtimestamp(entry.time).strftime("%Y-%m-%d %H:%M:%S")
+    return [(_TIME_STYLE, stamp), ("", " "), *body]
+
+
 def plain(fragments: Fragments) -> str:
     """The text of styled fragments."""
     return "".join(text for _, text in fragments)
@@ -582,6 +627,7 @@ class _Session:
         self.sent: dict[int, SentDirect] = {}
         self.changed = asyncio.Event()
         self.linger_until = float("-inf")  # loop time before which exiting drops repeats
+        self.history_errors = 0  # failed history writes already reported
 
     # -- output
 
@@ -602,6 +648,24 @@ class _Session:
     def lines(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.show([("", line)])
+
+    def show_history(self, room: str, limit: int = RECENT_LINES) -> None:
+        """The last lines of a room from the message history, greyed, with their dates."""
+        store = self.node.history
+        entries = store.recent(room, limit) if store is not None else []
+        if entries:
+            self.info(f"last {len(entries)} line(s) of #{sanitize(room)} from history:")
+        for entry in entries:
+            self.show(entry_fragments(entry, dim=True))
+
+    def check_history(self) -> None:
+        """Report the first failed history write (the chat goes on without it)."""
+        store = self.node.history
+        if store is None or store.errors <= self.history_errors:
+            return
+        if not self.history_errors:
+            self.error(f"cannot save to the message history: {store.last_error}")
+        self.history_errors = store.errors
 
     @staticmethod
     def _stamp() -> str:
@@ -624,6 +688,7 @@ class _Session:
         if isinstance(event, ev.DirectDelivered | ev.DirectFailed | ev.NoticeAcknowledged):
             nicks = {p.peer_id: p.nick for p in self.node.peers()}
         self.show(event_fragments(event, datetime.now(), sent=self.sent, nicks=nicks))
+        self.check_history()
         if (
             isinstance(event, ev.DirectDelivered | ev.DirectFailed)
             and self.sent.pop(event.msg_id, None) is not None
@@ -662,6 +727,7 @@ class _Session:
             await self._run(command)
         except LanchatError as exc:
             self.error(str(exc))
+        self.check_history()
         return True
 
     async def _run(self, command: Command) -> None:
@@ -706,6 +772,8 @@ class _Session:
                 self.linger(_ANNOUNCE_LINGER)
                 self.room = room
                 self.info(f"{'talking in' if was_in else 'joined'} #{room}")
+                if not was_in:
+                    self.show_history(room)
             case Leave(room=name):
                 await self._leave(name)
             case Away(text=text):
@@ -801,12 +869,16 @@ async def run_join(
 ) -> int:
     """Chat on a started node until /quit, Ctrl-C/Ctrl-D or end of input; returns 0.
 
-    `lines` and `out` replace stdin and stdout in non-interactive mode (tests).
+    With the node's history on, the last lines of each joined room are shown
+    first (the current room last, nearest the prompt). `lines` and `out`
+    replace stdin and stdout in non-interactive mode (tests).
     """
     room = check_room(room)
     if room not in node.rooms:
         await node.join_room(room)
     session = _Session(node, room, out=out, interactive=interactive)
+    for joined in sorted(node.rooms, key=lambda r: r == room):
+        session.show_history(joined)
     queue = node.subscribe()
     pump = asyncio.create_task(session.pump(queue), name="lanchat-chat-events")
     try:

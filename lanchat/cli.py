@@ -23,6 +23,7 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.codec import check_nick, check_text
 from lanchat.errors import ConfigError, LanchatError
+from lanchat.history import SinceType, default_path, print_history
 from lanchat.node import Node
 from lanchat.seal import key_from_passphrase, new_key_text, read_key_file
 
@@ -147,6 +148,17 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def history_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--no-history: keep no local record of the messages this command sends or receives."""
+    return click.option(
+        "--no-history",
+        "no_history",
+        is_flag=True,
+        envvar="LANCHAT_NO_HISTORY",
+        help="Keep no local message history.",
+    )(fn)
+
+
 def _common(kwargs: dict[str, Any]) -> Common:
     return Common(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(Common)})
 
@@ -241,13 +253,14 @@ def cli() -> None:
 @common_options
 @click.option("--room", "-r", "rooms", multiple=True, envvar="LANCHAT_ROOM", metavar="ROOM",
               help="Room to join (repeatable; default lobby). The first is current.")  # fmt: skip
-def join(rooms: tuple[str, ...], **kwargs: Any) -> None:
+@history_option
+def join(rooms: tuple[str, ...], no_history: bool, **kwargs: Any) -> None:
     """Chat interactively (reads lines from stdin when it is not a terminal)."""
     common = _common(kwargs)
     from lanchat.chat import run_join
 
     async def go() -> int:
-        node = common.node(rooms=rooms or (cfg.DEFAULT_ROOM,))
+        node = common.node(rooms=rooms or (cfg.DEFAULT_ROOM,), history=not no_history)
         await node.start()
         try:
             code: int = await run_join(node, interactive=sys.stdin.isatty(), room=node.rooms[0])
@@ -296,13 +309,14 @@ def peers(wait: float, as_json: bool, **kwargs: Any) -> None:
 @click.option("--wait", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
               help="Seconds to wait for acknowledgements.")  # fmt: skip
 @click.argument("text", nargs=-1, required=True)
-def notice(wait: float, text: tuple[str, ...], **kwargs: Any) -> None:
+@history_option
+def notice(wait: float, text: tuple[str, ...], no_history: bool, **kwargs: Any) -> None:
     """Send a notice to every peer on the LAN and report who acknowledged it."""
     common = _common(kwargs)
     message = _text(text)
 
     async def go() -> tuple[set[str], list[ev.PeerInfo]]:
-        async with common.node(member=False) as node:
+        async with common.node(member=False, history=not no_history) as node:
             acks = node.subscribe()
             await asyncio.sleep(0.3)  # let the peers answer the query first
             seq = await node.notice(message)
@@ -332,7 +346,8 @@ def notice(wait: float, text: tuple[str, ...], **kwargs: Any) -> None:
 @click.option("--wait", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
               help="Seconds to look for the peer.")  # fmt: skip
 @click.argument("text", nargs=-1, required=True)
-def send(to: str, wait: float, text: tuple[str, ...], **kwargs: Any) -> None:
+@history_option
+def send(to: str, wait: float, text: tuple[str, ...], no_history: bool, **kwargs: Any) -> None:
     """Send one direct message; exit 0 only when the peer acknowledged it.
 
     Exit 3: no acknowledgement and nothing heard from the peer. Exit 4: no
@@ -342,7 +357,7 @@ def send(to: str, wait: float, text: tuple[str, ...], **kwargs: Any) -> None:
     message = _text(text)
 
     async def go() -> tuple[ev.PeerInfo, ev.DirectDelivered | ev.DirectFailed]:
-        async with common.node(member=False) as node:
+        async with common.node(member=False, history=not no_history) as node:
             await node.lookup(to, wait)
             # A second peer of the same name may answer a moment later: look again.
             await asyncio.sleep(0.1)
@@ -368,7 +383,8 @@ def send(to: str, wait: float, text: tuple[str, ...], **kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--room", "-r", "rooms", multiple=True, metavar="ROOM",
               help="Rooms to show as joined (chat of every room is printed anyway).")  # fmt: skip
-def listen(as_json: bool, rooms: tuple[str, ...], **kwargs: Any) -> None:
+@history_option
+def listen(as_json: bool, rooms: tuple[str, ...], no_history: bool, **kwargs: Any) -> None:
     """Print every event (peers, chat in all rooms, notices, direct messages)."""
     common = _common(kwargs)
 
@@ -382,7 +398,9 @@ def listen(as_json: bool, rooms: tuple[str, ...], **kwargs: Any) -> None:
         sys.stdout.flush()
 
     async def go() -> None:
-        node = common.node(rooms=rooms or (cfg.DEFAULT_ROOM,), all_rooms=True)
+        node = common.node(
+            rooms=rooms or (cfg.DEFAULT_ROOM,), all_rooms=True, history=not no_history
+        )
         queue = node.subscribe()
         await node.start()
         try:
@@ -483,6 +501,37 @@ def keygen(path: Path, force: bool) -> None:
     except OSError as exc:
         fail(f"cannot write {path}: {exc.strerror}")
     click.echo(f"wrote a new group key to {path}")
+
+
+@cli.command("history")
+@click.option("--room", "-r", metavar="ROOM", help="Only this room's chat (and loss markers).")
+@click.option(
+    "--peer", "-p", metavar="PEER", help="Only messages from or to this nickname or peer id prefix."
+)
+@click.option(
+    "--notices", is_flag=True, help="Only notices (with --room: that room's chat and notices)."
+)
+@click.option(
+    "--since",
+    type=SinceType(),
+    metavar="2h|DATE",
+    help="Since a duration ago (90s, 15m, 2h, 3d, 1w) or a date (2026-05-06[ 14:30]).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="The last N messages.")  # fmt: skip
+def history_cmd(
+    room: str | None,
+    peer: str | None,
+    notices: bool,
+    since: float | None,
+    as_json: bool,
+    limit: int,
+) -> None:
+    """Print the messages kept on this machine, newest last."""
+    code = print_history(default_path(), room=room, peer=peer, notices=notices, since=since,
+                         as_json=as_json, limit=limit, out=sys.stdout)  # fmt: skip
+    sys.exit(code)
 
 
 def main() -> None:

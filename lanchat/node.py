@@ -15,6 +15,9 @@ every `INTERFACE_POLL_INTERVAL` seconds, and on `refresh_interfaces()`, the node
 re-reads and re-chooses them with the same options, joins and opens a send
 socket on new ones, leaves vanished ones, emits `InterfacesChanged` and has the
 core announce itself and query again.
+
+With `history` on, every chat line, notice and direct message the node sends or
+hands out is stored (`lanchat.history`), committed before any subscriber sees it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 from lanchat import config as cfg
 from lanchat import events as ev
@@ -43,6 +47,9 @@ from lanchat.errors import (
 )
 from lanchat.identity import IdentityLease, acquire_identity, ephemeral_identity
 from lanchat.seal import KeyRing
+
+if TYPE_CHECKING:  # sqlite3 is imported only by a node that keeps history
+    from lanchat.history import HistoryStore
 
 # Events kept for a subscriber that does not read; the oldest are dropped past it.
 _MAX_QUEUED_EVENTS: Final = 10_000
@@ -103,7 +110,9 @@ class Node:
         host: str | None = None,
         keys: Sequence[bytes] = (),
         interface_poll_interval: float | None = INTERFACE_POLL_INTERVAL,
+        history: bool | Path = False,
     ) -> None:
+        """`history`: True keeps messages in the user's history file, a Path in that file."""
         self.group = cfg.check_group(group)
         self.port = cfg.check_port(port)
         if not 1 <= ttl <= 255:
@@ -127,6 +136,12 @@ class Node:
         self._poll_interval = interface_poll_interval
         self.choice = netif.choose_interfaces(netif.read_interfaces(), self._wanted, self._excluded)
         self.keys = KeyRing(tuple(keys)) if keys else None
+        if history is True:
+            from lanchat.history import default_path
+
+            history = default_path()
+        self._history_path = history if isinstance(history, Path) else None
+        self.history: HistoryStore | None = None  # open while the node runs
         self._identity = identity
         self._lease: IdentityLease | None = None
         self._core: NodeCore | None = None
@@ -159,6 +174,13 @@ class Node:
         if self._core is not None:
             return
         loop = self._loop = asyncio.get_running_loop()
+        if self._history_path is not None and self.history is None:
+            from lanchat.history import HistoryStore
+
+            try:
+                self.history = HistoryStore(self._history_path)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (--no-history runs without it)") from exc
         if self._identity is None:
             if self.config.member:
                 self._lease = acquire_identity(self.config.host)
@@ -169,6 +191,7 @@ class Node:
             await self._open_sockets(loop)
         except BaseException:
             self._close_sockets()
+            self._close_history()
             raise
         assert self._unicast is not None
         uport = self._unicast.get_extra_info("sockname")[1]
@@ -203,6 +226,12 @@ class Node:
             self._close_sockets()
         if self._lease is not None:
             self._lease.release()
+        self._close_history()
+
+    def _close_history(self) -> None:
+        if self.history is not None:
+            self.history.close()
+            self.history = None
 
     async def _wait_core_closed(self) -> None:
         while self._core is not None and not self._core.closed:
@@ -354,6 +383,8 @@ class Node:
             self._timer = self._loop.call_at(when, self._on_timer)
 
     def _publish(self, event: ev.Event) -> None:
+        if self.history is not None and self._identity is not None:
+            self.history.record_event(event, instance=self._identity.instance)  # before shown
         for queue in self._subscribers:
             if queue.qsize() >= _MAX_QUEUED_EVENTS:
                 queue.get_nowait()
@@ -494,16 +525,32 @@ class Node:
 
     async def say(self, room: str, text: str) -> int:
         """Send a chat message to a room."""
-        return int(self._do(lambda core, now: core.say(room, text, now)))
+        seq = int(self._do(lambda core, now: core.say(room, text, now)))
+        if self.history is not None:
+            self.history.add(
+                "chat", "out", peer_id=self.peer_id, nick=self.nick, text=text,
+                room=room.removeprefix("#"), seq=seq,  # the room as the core checked it
+            )  # fmt: skip
+        return seq
 
     async def notice(self, text: str) -> int:
         """Send a notice to everyone (repeated; NoticeAcknowledged events follow)."""
-        return int(self._do(lambda core, now: core.notice(text, now)))
+        seq = int(self._do(lambda core, now: core.notice(text, now)))
+        if self.history is not None:
+            self.history.add(
+                "notice", "out", peer_id=self.peer_id, nick=self.nick, text=text, seq=seq
+            )
+        return seq
 
     async def send_direct(self, name: str, text: str) -> int:
         """Send a direct message to a peer by nickname or id prefix; returns its id."""
         peer = self.find_peer(name)
-        return int(self._do(lambda core, now: core.send_direct(peer.peer_id, text, now)))
+        msg_id = int(self._do(lambda core, now: core.send_direct(peer.peer_id, text, now)))
+        if self.history is not None and self._identity is not None:
+            self.history.add_direct(
+                peer.peer_id, peer.nick, text, msg_id, instance=self._identity.instance
+            )
+        return msg_id
 
     async def set_nick(self, nick: str) -> None:
         self._do(lambda core, now: core.set_nick(nick, now))
