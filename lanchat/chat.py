@@ -374,12 +374,13 @@ def event_fragments(
     """An event as styled (style, text) pieces; `sent` and `nicks` name the peers of acks."""
     head: Fragments = [(_TIME_STYLE, now.strftime("%H:%M:%S")), ("", " ")]
     match event:
-        case ev.ChatReceived(nick=nick, room=room, text=text):
+        case ev.ChatReceived(nick=nick, room=room, text=text, late=late):
             return [
                 *head,
                 ("", f"[#{sanitize(room)}] "),
                 (nick_style(nick), f"<{sanitize(nick)}>"),
                 ("", f" {sanitize(text)}"),
+                *([(_INFO_STYLE, " (late: repaired after loss)")] if late else []),
             ]
         case ev.DirectReceived(nick=nick, text=text):
             return [
@@ -388,9 +389,13 @@ def event_fragments(
                 (nick_style(nick), f"<{sanitize(nick)}>"),
                 ("", f" {sanitize(text)}"),
             ]
-        case ev.NoticeReceived(nick=nick, text=text):
+        case ev.NoticeReceived(nick=nick, text=text, late=late):
             body = f"*** NOTICE from {sanitize(nick)}: {sanitize(text)} ***"
-            return [*head, (_NOTICE_STYLE, body)]
+            return [*head, (_NOTICE_STYLE, body + (" (late)" if late else ""))]
+        case ev.MessagesLost(nick=nick, count=count):
+            many = "messages" if count != 1 else "message"
+            text = f"!!! {count} {many} from {sanitize(nick)} could not be repaired and were lost"
+            return [*head, (_ERROR_STYLE, text)]
         case ev.DirectDelivered(msg_id=msg_id, peer_id=peer_id):
             target = (sent or {}).get(msg_id)
             to = sanitize(target.nick) if target else _name(peer_id, nicks)

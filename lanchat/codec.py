@@ -47,6 +47,12 @@ STATUS_AWAY: Final = "away"
 _STATUSES: Final = (STATUS_ONLINE, STATUS_AWAY)
 
 T_BEAT, T_QUERY, T_BYE, T_CHAT, T_NOTICE, T_DIRECT, T_ACK, T_PING, T_PONG = range(1, 10)
+T_NACK, T_GONE = 10, 11
+# A Nack asks for at most 16 ranges of seqs (351 bytes at worst): enough for
+# the holes one receiver has in one sender's stream between two repair rounds.
+MAX_NACK_RANGES: Final = 16
+
+Ranges = tuple[tuple[int, int], ...]
 
 
 # Messages are plain slotted dataclasses, not frozen ones: one is built per
@@ -164,7 +170,31 @@ class Pong:
     token: int
 
 
-Message = Beat | Query | Bye | Chat | Notice | Direct | Ack | Ping | Pong
+@dataclass(slots=True)
+class Nack:
+    """Asks `target_sender` to repair seqs of its multicast stream (PROTOCOL.md section 10).
+
+    `ranges` are (first, last) pairs, inclusive, ascending and disjoint. Sent to
+    the group, so other receivers missing the same seqs hold back their own.
+    """
+
+    sender: bytes
+    instance: int
+    target_sender: bytes
+    target_instance: int
+    ranges: Ranges
+
+
+@dataclass(slots=True)
+class Gone:
+    """The stream's sender cannot repair these seqs any more (out of its repair window)."""
+
+    sender: bytes
+    instance: int
+    ranges: Ranges
+
+
+Message = Beat | Query | Bye | Chat | Notice | Direct | Ack | Ping | Pong | Nack | Gone
 
 
 # ---------------------------------------------------------------- validation
@@ -222,6 +252,18 @@ def check_status_text(text: str) -> str:
     return text
 
 
+def check_ranges(ranges: Ranges) -> Ranges:
+    """Validate the ranges of a Nack or Gone (local use): ConfigError when unusable."""
+    if not 1 <= len(ranges) <= MAX_NACK_RANGES:
+        raise ConfigError(f"1 to {MAX_NACK_RANGES} seq ranges, not {len(ranges)}")
+    previous = 0
+    for first, last in ranges:
+        if not previous < first <= last < 2**64:
+            raise ConfigError(f"seq ranges must be ascending and disjoint: {ranges!r}")
+        previous = last
+    return ranges
+
+
 def truncate_utf8(value: str, max_bytes: int) -> str:
     """Cut a string to at most max_bytes of UTF-8 without splitting a character."""
     return value.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
@@ -256,6 +298,12 @@ def encode(msg: Message) -> bytes:
             body = [T_PING, msg.sender, msg.instance, msg.token]
         case Pong():
             body = [T_PONG, msg.sender, msg.instance, msg.token]
+        case Nack():
+            ranges = [list(r) for r in check_ranges(msg.ranges)]
+            body = [T_NACK, msg.sender, msg.instance, msg.target_sender, msg.target_instance]
+            body.append(ranges)
+        case Gone():
+            body = [T_GONE, msg.sender, msg.instance, [list(r) for r in check_ranges(msg.ranges)]]
     data: bytes = HEADER + msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_PLAIN:
         raise ConfigError(f"message too large: {len(data)} bytes, at most {MAX_PLAIN}")
@@ -311,6 +359,23 @@ def _interval(value: object) -> int:
     if interval > MAX_INTERVAL_MS:
         raise _bad("bad interval")
     return interval
+
+
+def _ranges(value: object) -> Ranges:
+    # Reasons reuse "malformed" and "bad integer": a receiver counts both as malformed.
+    if type(value) is not list or not 1 <= len(value) <= MAX_NACK_RANGES:
+        raise _bad("malformed")
+    out: list[tuple[int, int]] = []
+    previous = 0
+    for pair in value:
+        if type(pair) is not list or len(pair) != 2:
+            raise _bad("malformed")
+        first, last = _u(pair[0], low=1), _u(pair[1], low=1)
+        if not previous < first <= last:
+            raise _bad("malformed")  # ascending and disjoint, or a peer could make us loop
+        previous = last
+        out.append((first, last))
+    return tuple(out)
 
 
 def _port(value: object) -> int:
@@ -448,4 +513,10 @@ def decode(data: bytes, opener: Opener | None = None) -> Message:
     if kind == T_PONG:
         _n(body, 4)
         return Pong(sender, instance, _u(body[3]))
+    if kind == T_NACK:
+        _n(body, 6)
+        return Nack(sender, instance, _id(body[3]), _u(body[4]), _ranges(body[5]))
+    if kind == T_GONE:
+        _n(body, 4)
+        return Gone(sender, instance, _ranges(body[3]))
     raise _bad("unknown type")

@@ -10,6 +10,7 @@ and jitter comes from the `random.Random` handed to the constructor.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
@@ -62,6 +63,28 @@ _MAX_PENDING_ANSWERS: Final = 256
 # Direct messages and notices in flight from this node (local use): a bound
 # keeps a runaway script from growing memory without limit.
 _MAX_IN_FLIGHT: Final = 1024
+# Loss repair (PROTOCOL.md section 10). Own stream datagrams kept for repair:
+# the receivers' dedup window, beyond which a repair would be dropped anyway
+# (at most ~1.1 MB of worst-case chat). Their age bound is cfg.REPAIR_KEEP.
+_REPAIR_WINDOW: Final = _DEDUP_WINDOW
+# Streams whose holes are tracked: one per known sender, like the seq windows.
+_MAX_STREAMS: Final = _MAX_SENDERS
+# Separate holes tracked per stream; past it the oldest is reported lost at
+# once (at 20 % loss a stream needs ~200 messages in one repair round to get there).
+_MAX_HOLES: Final = 32
+# One Nack makes us repair at most 4 seqs (8 datagrams with their repeats, about
+# 9 KB at worst, and only for a known peer): a burst lost by one receiver is back
+# in a few rounds, and a buggy or hostile Nack cannot make a node spray its window.
+_MAX_REPAIRS_PER_NACK: Final = 4
+# Repairs per requester: a bucket of 32 refilled at 32/s; and for all of them
+# together 256 at 256/s (~280 KB/s at worst). Chat is typed by hand: a real
+# gap needs far less, a flood of Nacks gets no more.
+_REPAIR_BURST_PER_PEER: Final = 32.0
+_REPAIR_RATE_PER_PEER: Final = 32.0
+_REPAIR_BURST: Final = 256.0
+_REPAIR_RATE: Final = 256.0
+# Requesters remembered for the per-peer bucket (one small entry per peer id).
+_MAX_REQUESTERS: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +128,12 @@ class Stats:
     stale: int = 0  # from an older instance of a known peer
     unexpected: int = 0  # valid but not for us (e.g. an ack we never asked for)
     rate_limited: int = 0
+    nacks_sent: int = 0  # repair requests this node multicast
+    nacks_suppressed: int = 0  # holes not asked for: another receiver's Nack did
+    repairs_sent: int = 0  # own stream datagrams sent again on request
+    repairs_held: int = 0  # requested again within REPAIR_HOLDOFF: not resent
+    gone_sent: int = 0  # answers that requested seqs are out of the repair window
+    lost: int = 0  # seqs of other peers' streams reported in MessagesLost
 
 
 class SeqWindow:
@@ -145,6 +174,52 @@ class _PendingDirect:
 class _PendingNotice:
     datagram: bytes
     acked: set[bytes] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Kept:
+    """One of our own stream datagrams (plain; sealed anew when sent), kept for repair."""
+
+    data: bytes
+    sent_at: float
+    repaired_at: float = float("-inf")
+
+
+@dataclass(slots=True)
+class _Hole:
+    """Seqs first..last missing from a stream, and how far their repair got."""
+
+    first: int
+    last: int
+    due: float  # when to ask for them (or give up), if still missing
+    tries: int = 0  # repair rounds asked for them so far, by us or by others
+    quiet_until: float = float("-inf")  # Nacks heard before this belong to the last round
+
+
+@dataclass(slots=True)
+class _Stream:
+    """Receiver side of one (sender, instance) multicast stream: what is missing."""
+
+    nick: str
+    top: int  # the highest seq known to exist (received, or a Beat's last_seq)
+    token: int  # names the stream in the timer heap
+    holes: list[_Hole] = field(default_factory=list)  # ascending, disjoint
+    booked: float = float("inf")  # the earliest timer booked for it
+
+
+class _Bucket:
+    """A token bucket (repairs allowed), refilled in virtual time."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, size: float, now: float) -> None:
+        self.tokens = size
+        self.stamp = now
+
+    def refill(self, size: float, rate: float, now: float) -> float:
+        self.tokens = min(size, self.tokens + max(0.0, now - self.stamp) * rate)
+        self.stamp = now
+        return self.tokens
 
 
 class NodeCore:
@@ -195,6 +270,16 @@ class NodeCore:
         self._sealer = Sealer(keys, identity.peer_id, identity.instance) if keys else None
         self._opener = Opener(keys) if keys else None
         self._unauth: dict[tuple[str, str], list[float]] = {}
+        # Loss repair: our kept datagrams (kept[0] has seq _kept_first), what we
+        # miss of others' streams, and the repair rate limits.
+        self._kept: deque[_Kept] = deque()
+        self._kept_first = 1
+        self._streams: OrderedDict[tuple[bytes, int], _Stream] = OrderedDict()
+        self._stream_tokens: dict[int, tuple[bytes, int]] = {}
+        self._stream_instances: dict[bytes, set[int]] = {}  # sender -> tracked instances
+        self._requesters: OrderedDict[bytes, _Bucket] = OrderedDict()
+        self._repair_bucket = _Bucket(_REPAIR_BURST, 0.0)
+        self._tail_left: list[float] = []
         self.started = False
         self.closed = False
 
@@ -234,8 +319,14 @@ class NodeCore:
         room = codec.check_room(room)
         codec.check_text(text)
         self._seq += 1
-        msg = codec.Chat(self._id, self._inst, self._seq, self.nick, room, text)
-        self._multicast(codec.encode(msg))
+        data = codec.encode(codec.Chat(self._id, self._inst, self._seq, self.nick, room, text))
+        self._keep(data, now)
+        self._multicast(data)
+        if self.config.member and self._next_beat != float("inf"):
+            # Tail heartbeats tell receivers our last_seq soon (cfg.TAIL_BEAT_DELAYS).
+            delays = cfg.TAIL_BEAT_DELAYS
+            self._tail_left = [b - a for a, b in itertools.pairwise(delays)]
+            self._next_beat = min(self._next_beat, now + delays[0])
         return self._seq
 
     def notice(self, text: str, now: float) -> int:
@@ -248,6 +339,7 @@ class NodeCore:
             codec.Notice(self._id, self._inst, self._seq, self.nick, text, self.uport)
         )
         self._notices[self._seq] = _PendingNotice(data)
+        self._keep(data, now)
         for delay in cfg.NOTICE_DELAYS:
             self._at(now + delay, "notice", self._seq)
         self._at(now + cfg.NOTICE_DELAYS[-1] + cfg.NOTICE_ACK_WINDOW, "notice_done", self._seq)
@@ -353,12 +445,15 @@ class NodeCore:
             self._send_beat(None)
             if self._announce_left:
                 self._next_beat = now + self._announce_left.pop(0)
+            elif self._tail_left:
+                self._next_beat = now + self._tail_left.pop(0)
             else:
                 jitter = self._rng.uniform(0.5, 1.5)
                 self._next_beat = now + jitter * self.config.heartbeat_interval
+            self._prune_kept(now)
         if self._next_sweep <= now:
             events, to_ping, self._next_sweep = self.members.sweep(now)
-            self._events.extend(events)
+            self._emit(events)
             for rec in to_ping:
                 self._ping(rec)
 
@@ -387,6 +482,8 @@ class NodeCore:
             rec = self.members.get(msg.sender)
             if rec is not None:
                 self._next_sweep = min(self._next_sweep, self.members.next_deadline_for(rec))
+                if rec.instance == msg.instance:
+                    self._advertised(msg, now)
             return
         self._emit(self.members.on_heard(msg.sender, msg.instance, ip, now))
         match msg:
@@ -395,10 +492,11 @@ class NodeCore:
             case codec.Bye():
                 self._emit(self.members.on_bye(msg.sender, msg.instance))
             case codec.Chat():
-                if self._fresh(self._stream_windows, msg.sender, msg.instance, msg.seq):
-                    self._on_chat(msg)
+                late = self._stream_arrival(msg.sender, msg.instance, msg.seq, msg.nick, now)
+                if late is not None:
+                    self._on_chat(msg, late)
             case codec.Notice():
-                self._on_notice(msg, ip)
+                self._on_notice(msg, ip, now)
             case codec.Direct():
                 self._on_direct(msg, source)
             case codec.Ack():
@@ -408,6 +506,10 @@ class NodeCore:
                 self._out.append(Datagram(codec.encode(pong), source))
             case codec.Pong():
                 pass  # a sign of life, already counted above
+            case codec.Nack():
+                self._on_nack(msg, now)
+            case codec.Gone():
+                self._on_gone(msg)
 
     # ------------------------------------------------------------- internals
 
@@ -432,7 +534,14 @@ class NodeCore:
         heapq.heappush(self._timers, (when, self._timer_counter, kind, key))
 
     def _emit(self, events: list[ev.Event]) -> None:
-        self._events.extend(events)
+        """Queue membership events; a peer that left or restarted ends its streams' repair."""
+        for event in events:
+            self._events.append(event)
+            match event:
+                case ev.PeerLeft(peer=peer, reason=reason):
+                    self._end_streams(peer, left=True, bye=reason == "bye")
+                case ev.PeerJoined(peer=peer) | ev.PeerRestarted(peer=peer):
+                    self._end_streams(peer, left=False, bye=False)
 
     def _multicast(self, data: bytes) -> None:
         self._out.append(Datagram(data, None))
@@ -540,6 +649,10 @@ class NodeCore:
                     self._out.append(Datagram(pending.datagram, dest))
         elif kind == "unauth_report":
             self._report_unauthenticated(now)
+        elif kind == "holes":
+            self._service_stream(key, now)
+        elif kind == "repeat":
+            self._repeat_repair(key, now)
         elif kind == "direct_done":
             pending = self._directs.pop(key, None)
             if pending is not None:
@@ -597,21 +710,24 @@ class NodeCore:
         self._answers[key] = dest
         self._at(now + self._rng.uniform(0, spread), "answer", key)
 
-    def _on_chat(self, msg: codec.Chat) -> None:
+    def _on_chat(self, msg: codec.Chat, late: bool) -> None:
         c = self.config
         if c.member and (c.all_rooms or msg.room in c.rooms):
             self._events.append(
-                ev.ChatReceived(msg.sender.hex(), msg.nick, msg.room, msg.text, msg.seq)
+                ev.ChatReceived(msg.sender.hex(), msg.nick, msg.room, msg.text, msg.seq, late)
             )
 
-    def _on_notice(self, msg: codec.Notice, ip: str) -> None:
+    def _on_notice(self, msg: codec.Notice, ip: str, now: float) -> None:
         if not self.config.member:
             return
         # Every copy is acknowledged: the sender repeats because acks get lost too.
         ack = codec.Ack(self._id, self._inst, codec.T_NOTICE, msg.seq, msg.instance)
         self._out.append(Datagram(codec.encode(ack), (ip, msg.uport)))
-        if self._fresh(self._stream_windows, msg.sender, msg.instance, msg.seq):
-            self._events.append(ev.NoticeReceived(msg.sender.hex(), msg.nick, msg.text, msg.seq))
+        late = self._stream_arrival(msg.sender, msg.instance, msg.seq, msg.nick, now)
+        if late is not None:
+            self._events.append(
+                ev.NoticeReceived(msg.sender.hex(), msg.nick, msg.text, msg.seq, late)
+            )
 
     def _on_direct(self, msg: codec.Direct, source: Address) -> None:
         if not self.config.member:
@@ -640,3 +756,286 @@ class NodeCore:
                 return
             notice.acked.add(msg.sender)
             self._events.append(ev.NoticeAcknowledged(msg.ref, msg.sender.hex()))
+
+    # ------------------------------------------- loss repair (PROTOCOL.md 10)
+
+    # Sender side: keep our stream datagrams, repair them on request.
+
+    def _keep(self, data: bytes, now: float) -> None:
+        """Keep the datagram of seq self._seq for repair (plain bytes: sealed when sent)."""
+        if not self._kept:
+            self._kept_first = self._seq
+        self._kept.append(_Kept(data, now))
+        if len(self._kept) > _REPAIR_WINDOW:
+            self._kept.popleft()
+            self._kept_first += 1
+
+    def _prune_kept(self, now: float) -> None:
+        """Forget kept datagrams older than cfg.REPAIR_KEEP (called with every heartbeat)."""
+        while self._kept and self._kept[0].sent_at < now - cfg.REPAIR_KEEP:
+            self._kept.popleft()
+            self._kept_first += 1
+
+    def _on_nack(self, msg: codec.Nack, now: float) -> None:
+        if (msg.target_sender, msg.target_instance) == (self._id, self._inst):
+            self._repair(msg, now)
+        else:
+            self._overheard(msg, now)
+
+    def _repair(self, msg: codec.Nack, now: float) -> None:
+        """Multicast the requested seqs again: only for a known peer, and within budget."""
+        rec = self.members.get(msg.sender)
+        if rec is None or rec.instance != msg.instance:
+            self.stats.unexpected += 1  # a stranger's Nack never makes us send anything
+            return
+        bucket = self._requesters.get(msg.sender)
+        if bucket is None:
+            bucket = self._requesters[msg.sender] = _Bucket(_REPAIR_BURST_PER_PEER, now)
+            if len(self._requesters) > _MAX_REQUESTERS:
+                self._requesters.popitem(last=False)
+        self._requesters.move_to_end(msg.sender)
+        allowance = min(
+            _MAX_REPAIRS_PER_NACK,
+            bucket.refill(_REPAIR_BURST_PER_PEER, _REPAIR_RATE_PER_PEER, now),
+            self._repair_bucket.refill(_REPAIR_BURST, _REPAIR_RATE, now),
+        )
+        if allowance < 1:
+            self.stats.rate_limited += 1
+            return
+        self._prune_kept(now)
+        gone: list[tuple[int, int]] = []
+        sent = 0
+        for first, last in msg.ranges:
+            last = min(last, self._seq)  # never sent: nothing to say
+            if first < self._kept_first and first <= last:
+                gone.append((first, min(last, self._kept_first - 1)))
+                first = self._kept_first
+            for seq in range(first, last + 1):
+                if sent >= allowance:
+                    break
+                kept = self._kept[seq - self._kept_first]
+                if now - kept.repaired_at < cfg.REPAIR_HOLDOFF:
+                    self.stats.repairs_held += 1
+                    continue
+                kept.repaired_at = now
+                self._multicast(kept.data)
+                self._at(now + cfg.REPAIR_REPEAT, "repeat", seq)
+                sent += 1
+        if gone:  # smaller than the Nack: its ranges, cut, without the target fields
+            self._multicast(codec.encode(codec.Gone(self._id, self._inst, tuple(gone))))
+            self.stats.gone_sent += 1
+        charge = sent + bool(gone)
+        bucket.tokens -= charge
+        self._repair_bucket.tokens -= charge
+        self.stats.repairs_sent += sent
+
+    def _repeat_repair(self, seq: int, now: float) -> None:
+        """The second copy of a repair (cfg.REPAIR_REPEAT), if seq is still kept."""
+        if self._kept_first <= seq < self._kept_first + len(self._kept):
+            kept = self._kept[seq - self._kept_first]
+            kept.repaired_at = now
+            self._multicast(kept.data)
+            self.stats.repairs_sent += 1
+
+    # Receiver side: find the holes in others' streams, ask, give up and report.
+
+    def _stream(self, sender: bytes, instance: int, nick: str, seq: int) -> _Stream | None:
+        """The stream's hole tracker, or None if untracked or new.
+
+        A new tracker starts at seq: what came before we heard of the stream is history.
+        """
+        if not self.config.member:
+            return None  # one-shot tools show no chat: nothing to repair
+        key = (sender, instance)
+        stream = self._streams.get(key)
+        if stream is not None:
+            self._streams.move_to_end(key)
+            stream.nick = nick
+            return stream
+        self._timer_counter += 1
+        stream = self._streams[key] = _Stream(nick, seq, self._timer_counter)
+        self._stream_tokens[stream.token] = key
+        self._stream_instances.setdefault(sender, set()).add(instance)
+        if len(self._streams) > _MAX_STREAMS:
+            self._drop_stream(*next(iter(self._streams.items())))
+        return None
+
+    def _drop_stream(self, key: tuple[bytes, int], stream: _Stream) -> None:
+        """Stop tracking a stream; what it still misses is reported lost."""
+        self._lose(key, stream, stream.holes)
+        del self._streams[key]
+        del self._stream_tokens[stream.token]
+        instances = self._stream_instances[key[0]]
+        instances.discard(key[1])
+        if not instances:
+            del self._stream_instances[key[0]]
+
+    def _stream_arrival(
+        self, sender: bytes, instance: int, seq: int, nick: str, now: float
+    ) -> bool | None:
+        """A Chat or Notice arrived: None if a duplicate, else whether it is late."""
+        window = self._stream_windows.get((sender, instance))
+        late = window is not None and seq < window.highest
+        fresh = self._fresh(self._stream_windows, sender, instance, seq)
+        stream = self._stream(sender, instance, nick, seq)
+        if stream is not None:
+            if seq > stream.top:
+                self._raise_top((sender, instance), stream, seq, now, arrived=True)
+            else:
+                self._fill(stream, seq)
+        return late if fresh else None
+
+    def _advertised(self, beat: codec.Beat, now: float) -> None:
+        """A Beat tells the sender's last_seq: seqs above what we have are missing."""
+        stream = self._stream(beat.sender, beat.instance, beat.nick, beat.last_seq)
+        if stream is not None and beat.last_seq > stream.top:
+            key = (beat.sender, beat.instance)
+            self._raise_top(key, stream, beat.last_seq, now, arrived=False)
+
+    def _raise_top(
+        self, key: tuple[bytes, int], stream: _Stream, top: int, now: float, *, arrived: bool
+    ) -> None:
+        """Seq `top` exists (it arrived, or a Beat said so): what lies between is missing."""
+        first, last = stream.top + 1, top - 1 if arrived else top
+        stream.top = top
+        if first > last:
+            return
+        # The dedup window drops anything 1024 below the highest seq: unrepairable.
+        floor = max(1, top - _DEDUP_WINDOW + 1)
+        self._lose(key, stream, self._cut(stream, 1, floor - 1))
+        if first < floor:
+            self._lose(key, stream, [_Hole(first, floor - 1, now)])
+            first = floor
+        prev = stream.holes[-1] if stream.holes else None
+        if prev is not None and prev.last + 1 == first and prev.tries == 0:
+            prev.last = last  # still waiting for its first Nack: ask for both at once
+        else:
+            due = now + self._backoff()
+            stream.holes.append(_Hole(first, last, due))
+            self._book(stream, due)
+        self._bound_holes(key, stream)
+
+    def _fill(self, stream: _Stream, seq: int) -> None:
+        """seq arrived: it is no longer missing."""
+        self._cut(stream, seq, seq)
+
+    def _cut(self, stream: _Stream, low: int, high: int) -> list[_Hole]:
+        """Take seqs low..high out of the stream's holes; returns the parts taken out."""
+        taken: list[_Hole] = []
+        kept: list[_Hole] = []
+        if low > high:
+            return taken
+        for hole in stream.holes:
+            if hole.last < low or hole.first > high:
+                kept.append(hole)
+                continue
+            if hole.first < low:
+                kept.append(replace(hole, last=low - 1))
+            taken.append(replace(hole, first=max(hole.first, low), last=min(hole.last, high)))
+            if hole.last > high:
+                kept.append(replace(hole, first=high + 1))
+        stream.holes = kept
+        return taken
+
+    def _bound_holes(self, key: tuple[bytes, int], stream: _Stream) -> None:
+        while len(stream.holes) > _MAX_HOLES:
+            self._lose(key, stream, [stream.holes.pop(0)])
+
+    def _lose(self, key: tuple[bytes, int], stream: _Stream, holes: list[_Hole]) -> None:
+        """Report seqs that will not be repaired (never dropped silently)."""
+        for hole in holes:
+            count = hole.last - hole.first + 1
+            self.stats.lost += count
+            self._events.append(
+                ev.MessagesLost(key[0].hex(), stream.nick, count, hole.first, hole.last)
+            )
+
+    def _book(self, stream: _Stream, when: float) -> None:
+        if when < stream.booked:
+            stream.booked = when
+            self._at(when, "holes", stream.token)
+
+    def _service_stream(self, token: int, now: float) -> None:
+        """A stream's timer: ask for the holes that are due, or give them up."""
+        key = self._stream_tokens.get(token)
+        stream = self._streams.get(key) if key is not None else None
+        if key is None or stream is None or stream.booked > now:
+            return  # forgotten, or superseded by an earlier booking
+        stream.booked = float("inf")
+        if self._byes_left:
+            return  # leaving: no more questions
+        asked: list[_Hole] = []
+        for hole in list(stream.holes):
+            if hole.due > now:
+                continue
+            if hole.tries >= len(cfg.REPAIR_WAITS):
+                stream.holes.remove(hole)
+                self._lose(key, stream, [hole])
+            elif len(asked) < codec.MAX_NACK_RANGES:
+                asked.append(hole)
+            else:
+                hole.due = now + self._backoff()
+        if asked:
+            ranges = tuple((h.first, h.last) for h in asked)
+            nack = codec.Nack(self._id, self._inst, key[0], key[1], ranges)
+            self._multicast(codec.encode(nack))
+            self.stats.nacks_sent += 1
+            for hole in asked:
+                self._asked(hole, now)
+        if stream.holes:
+            self._book(stream, min(h.due for h in stream.holes))
+
+    def _backoff(self) -> float:
+        """A random Nack delay in cfg.NACK_BACKOFF (RFC 5740 section 5.3)."""
+        return self._rng.uniform(*cfg.NACK_BACKOFF)
+
+    def _asked(self, hole: _Hole, now: float) -> None:
+        """A Nack for the hole went out (ours or another's): wait for the repair, then retry."""
+        wait = cfg.REPAIR_WAITS[min(hole.tries, len(cfg.REPAIR_WAITS) - 1)]
+        hole.tries += 1
+        hole.quiet_until = now + wait
+        hole.due = hole.quiet_until + self._backoff()
+
+    def _overheard(self, msg: codec.Nack, now: float) -> None:
+        """Another receiver asked: holes its Nack covers whole need no Nack of ours this round.
+
+        A known peer's Nack also shows seqs exist that we never heard of (their
+        sender may have crashed before its next heartbeat): they are missing too.
+        """
+        key = (msg.target_sender, msg.target_instance)
+        stream = self._streams.get(key)
+        if stream is None:
+            return
+        rec = self.members.get(msg.sender)
+        if rec is not None and rec.instance == msg.instance and msg.ranges[-1][1] > stream.top:
+            self._raise_top(key, stream, msg.ranges[-1][1], now, arrived=False)
+        for hole in stream.holes:
+            if now >= hole.quiet_until and any(
+                first <= hole.first and hole.last <= last for first, last in msg.ranges
+            ):
+                self._asked(hole, now)
+                self.stats.nacks_suppressed += 1
+        if stream.holes:
+            self._book(stream, min(h.due for h in stream.holes))
+
+    def _on_gone(self, msg: codec.Gone) -> None:
+        """The sender cannot repair these seqs: report the ones we miss as lost now."""
+        key = (msg.sender, msg.instance)
+        stream = self._streams.get(key)
+        if stream is None:
+            return
+        for first, last in msg.ranges:
+            self._lose(key, stream, self._cut(stream, first, min(last, stream.top)))
+
+    def _end_streams(self, peer: ev.PeerInfo, *, left: bool, bye: bool) -> None:
+        """Older instances of the peer are over; if it left, nothing it missed will come."""
+        sender = bytes.fromhex(peer.peer_id)
+        for instance in sorted(self._stream_instances.get(sender, ())):
+            key = (sender, instance)
+            stream = self._streams[key]
+            if instance < peer.instance or (instance == peer.instance and left and bye):
+                self._drop_stream(key, stream)
+            elif instance == peer.instance and left:
+                # Timed out: it may come back, and then its Beat shows what it sent meanwhile.
+                self._lose(key, stream, stream.holes)
+                stream.holes = []

@@ -105,6 +105,7 @@ class ChatReceived:
     room: str
     text: str
     seq: int
+    late: bool = False  # arrived after a later message of its peer (repaired or reordered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class NoticeReceived:
     nick: str
     text: str
     seq: int
+    late: bool = False  # arrived after a later message of its peer (repaired or reordered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,21 @@ class InterfacesChanged:
     active: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MessagesLost:
+    """Messages first_seq..last_seq of a peer could not be repaired (gone for good).
+
+    Seqs number the peer's chat in every room and its notices, so some of the
+    `count` may be chat of rooms this node does not show.
+    """
+
+    peer_id: str
+    nick: str
+    count: int
+    first_seq: int
+    last_seq: int
+
+
 Event = (
     PeerJoined
     | PeerRestarted
@@ -203,5 +220,6 @@ Event = (
     | DirectFailed
     | NoticeAcknowledged
     | UnauthenticatedReceived
+    | MessagesLost
     | InterfacesChanged
 )

@@ -224,6 +224,18 @@ P = peer()
             "12:34:56 [dm -> b0b0b0b0] unconfirmed (peer was alive; acknowledgements lost)",
         ),
         (ev.NoticeAcknowledged(2, BOB_ID), "12:34:56 --- your notice was seen by b0b0b0b0"),
+        (
+            ev.ChatReceived(BOB_ID, "bob", "lobby", "hi", 3, late=True),
+            "12:34:56 [#lobby] <bob> hi (late: repaired after loss)",
+        ),
+        (
+            ev.NoticeReceived(BOB_ID, "bob", "drill", 4, late=True),
+            "12:34:56 *** NOTICE from bob: drill *** (late)",
+        ),
+        (
+            ev.MessagesLost(BOB_ID, "bob", 2, 5, 6),
+            "12:34:56 !!! 2 messages from bob could not be repaired and were lost",
+        ),
     ],
 )
 def test_format_event(event: ev.Event, line: str) -> None:

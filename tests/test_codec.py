@@ -444,7 +444,7 @@ def test_size_limit() -> None:
         pytest.param(_beat(8, ["lob by"]), "bad string", id="room-with-space"),
         pytest.param(_beat(8, [1]), "bad string", id="room-as-int"),
         pytest.param(dgram(0, ALICE, 1), "unknown type", id="type-0"),
-        pytest.param(dgram(10, ALICE, 1, 1), "unknown type", id="type-10"),
+        pytest.param(dgram(12, ALICE, 1, 1), "unknown type", id="type-12"),
         pytest.param(dgram(255, ALICE, 1, 1, 1, 1), "unknown type", id="type-255"),
         pytest.param(dgram("chat", ALICE, 1, 1), "unknown type", id="type-str"),
         pytest.param(dgram(7, ALICE, 1, 4, 1, 1), "bad ack kind", id="ack-kind-4"),
