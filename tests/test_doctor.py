@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +24,8 @@ from lanchat.doctor import (
     diagnose,
 )
 from lanchat.errors import ConfigError
+from tests.loopback_helpers import cli
 
-LANCHAT = [sys.executable, "-m", "lanchat"]
 GROUP, PORT = "239.255.76.67", 47667
 NFT_GROUP_RULE = f"nft insert rule inet filter input ip daddr {GROUP} udp dport {PORT} accept"
 IPTABLES_GROUP_RULE = f"iptables -I INPUT -p udp -d {GROUP} --dport {PORT} -j ACCEPT"
@@ -380,31 +377,6 @@ def test_tap_tables_are_bounded() -> None:
 
 
 # --------------------------------------------------------- the command on lo
-
-
-def cli(*args: str, port: int, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LANCHAT_PORT": str(port)}
-    return subprocess.run(
-        [*LANCHAT, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
-
-
-@pytest.fixture
-def listener(lo_port: int, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "LANCHAT_PORT": str(lo_port), "LANCHAT_HOME": str(tmp_path / "lis")}
-    proc = subprocess.Popen(
-        [*LANCHAT, "listen", "--json", "--nick", "lis"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    started = json.loads(proc.stdout.readline())
-    assert started["event"] == "started" and started["interfaces"] == ["lo"]
-    yield proc
-    proc.terminate()
-    proc.communicate(timeout=5)
 
 
 @pytest.mark.loopback

@@ -10,20 +10,16 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import lanchat
 from lanchat import events as ev
-from tests.loopback_helpers import node, until
+from tests.loopback_helpers import LANCHAT, cli, node, until
 
 pytestmark = pytest.mark.loopback
-LANCHAT = [sys.executable, "-m", "lanchat"]
 
 
 def test_library_discovery_chat_direct_notice(lo_port: int) -> None:
@@ -121,32 +117,6 @@ def test_garbage_on_the_port_is_dropped_and_counted(lo_port: int) -> None:
 
 
 # ------------------------------------------------------------------ the CLI
-
-
-def cli(*args: str, port: int, timeout: float = 15, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LANCHAT_PORT": str(port)}
-    return subprocess.run(
-        [*LANCHAT, *args], capture_output=True, text=True, timeout=timeout, env=env, **kw
-    )
-
-
-@pytest.fixture
-def listener(lo_port: int, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "LANCHAT_PORT": str(lo_port), "LANCHAT_HOME": str(tmp_path / "lis")}
-    proc = subprocess.Popen(
-        [*LANCHAT, "listen", "--json", "--nick", "lis"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    started = json.loads(proc.stdout.readline())
-    assert started["event"] == "started" and started["interfaces"] == ["lo"]
-    yield proc
-    if proc.poll() is None:
-        proc.terminate()
-    proc.communicate(timeout=5)
 
 
 def lines_of(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
