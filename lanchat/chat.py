@@ -532,6 +532,15 @@ def _pad(text: str, width: int) -> str:
     return text + " " * max(0, width - get_cwidth(text))
 
 
+def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as aligned columns, measured by display width (wide characters count 2)."""
+    widths = [max(get_cwidth(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(_pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
 def format_peers(peers: Sequence[ev.PeerInfo], now: float) -> list[str]:
     """The /peers table; `now` is the node's clock (the one `last_heard` uses)."""
     if not peers:
@@ -552,11 +561,7 @@ def format_peers(peers: Sequence[ev.PeerInfo], now: float) -> list[str]:
                 f"{max(0.0, now - p.last_heard):.1f}s ago",
             )
         )
-    widths = [max(get_cwidth(row[i]) for row in rows) for i in range(len(header))]
-    return [
-        "  ".join(_pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    return format_table(rows)
 
 
 def format_rooms(

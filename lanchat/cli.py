@@ -292,16 +292,10 @@ def peers(wait: float, as_json: bool, **kwargs: Any) -> None:
     if not found:
         click.echo("no peers found", err=True)
         return
-    rows = [("NICK", "ID", "HOST", "ADDRESS", "ROOMS", "STATUS", "HEARD")]
-    for p in found:
-        status = p.status if p.state == "alive" else p.state
-        if p.status_text:
-            status += f" ({p.status_text})"
-        rows.append((p.nick, p.short_id, p.host, f"{p.address}:{p.port}", ",".join(p.rooms),
-                     status, f"{max(0.0, now - p.last_heard):.1f}s ago"))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    from lanchat.chat import format_peers  # prompt_toolkit only for commands that print tables
+
+    for line in format_peers(found, now):  # remote strings sanitized, as in /peers
+        click.echo(line)
 
 
 @cli.command()
@@ -441,9 +435,10 @@ def interfaces(as_json: bool, **kwargs: Any) -> None:
     for info, verdict in pairs:
         cidrs = ", ".join(net.cidr for net in info.ipv4) or "-"
         rows.append((info.name, "yes" if verdict.used else "no", cidrs, verdict.reason))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    from lanchat.chat import format_table
+
+    for line in format_table(rows):
+        click.echo(line)
 
 
 @cli.command()

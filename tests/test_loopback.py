@@ -211,3 +211,34 @@ def test_cli_errors_are_one_line(args: list[str], message: str, lo_port: int) ->
     assert result.returncode in (1, 2)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_peers_table_neutralises_escape_sequences(lo_port: int) -> None:
+    # Host and status text may hold any code point (PROTOCOL.md section 8): a
+    # peer must not be able to drive the terminal of whoever lists peers.
+    from lanchat import codec
+
+    beat = codec.Beat(
+        b"EVILPEER", 2**60, "mallory", "host\x1b[2J\x1b]0;pwned\x07", 40000, "away",
+        "gone\r\x1b[31mred", ("lobby",), 0, 1000,
+    )  # fmt: skip
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    peers = subprocess.Popen(
+        [*LANCHAT, "peers", "--wait", "1.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LANCHAT_PORT": str(lo_port)},
+    )
+    try:
+        for _ in range(10):  # heartbeats while `peers` listens
+            time.sleep(0.1)
+            sock.sendto(codec.encode(beat), (lanchat.DEFAULT_GROUP, lo_port))
+        out, err = peers.communicate(timeout=15)
+    finally:
+        sock.close()
+    assert peers.returncode == 0, err
+    assert "mallory" in out and "host" in out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
