@@ -78,8 +78,8 @@ Fragments = list[tuple[str, str]]
 SETTLE_TIMEOUT: Final = 6.0
 # A notice is repeated over cfg.NOTICE_DELAYS (0.7 s); exiting sooner drops repeats.
 _NOTICE_LINGER: Final = cfg.NOTICE_DELAYS[-1] + 0.05
-# A nick, room or status change goes out in the next heartbeat, repeated after
-# cfg.ANNOUNCE_DELAYS[1] (0.25 s); stay for that first repeat in case of loss.
+# A nick, room or status change goes out at once in a heartbeat, repeated after
+# cfg.ANNOUNCE_DELAYS[1] (0.03 s); stay for that first repeat in case of loss.
 _ANNOUNCE_LINGER: Final = cfg.ANNOUNCE_DELAYS[1] + 0.05
 # Outcome lines quote this much of the direct message they report on.
 _QUOTE_CHARS: Final = 40

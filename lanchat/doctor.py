@@ -527,40 +527,35 @@ def _drop_findings(
                 fix,
             )
         )
-    versions = [d for d in where.drops if d.reason == "wrong_version"]
-    if versions:
-        found.append(
-            Finding(
-                where.name,
-                severe,
-                "peers speak another lanchat protocol version",
-                "from " + _listed([f"{d.address} ({d.count})" for d in versions]),
-                "run the same lanchat version everywhere (`lanchat --version`)",
-            )
-        )
-    malformed = [d for d in where.drops if d.reason == "malformed"]
-    if malformed:
-        found.append(
-            Finding(
-                where.name,
-                WARNING,
-                "lanchat datagrams arrive that do not decode",
-                "from " + _listed([f"{d.address} ({d.count})" for d in malformed]),
-                "a newer lanchat sends message types this one does not know: upgrade "
-                "(`lanchat --version` on both sides)",
-            )
-        )
-    foreign = [d for d in where.drops if d.reason == "foreign"]
-    if foreign:
-        found.append(
-            Finding(
-                where.name,
-                WARNING,
-                f"another program sends to {evidence.group}:{evidence.port}",
-                "not lanchat, from " + _listed([f"{d.address} ({d.count})" for d in foreign]),
-                "choose another --port (or --group) for lanchat, the same on every peer",
-            )
-        )
+    # Other drops, by reason: (reason, status, finding, evidence prefix, fix).
+    for reason, status, what, prefix, fix in (
+        (
+            "wrong_version",
+            severe,
+            "peers speak another lanchat protocol version",
+            "from ",
+            "run the same lanchat version everywhere (`lanchat --version`)",
+        ),
+        (
+            "malformed",
+            WARNING,
+            "lanchat datagrams arrive that do not decode",
+            "from ",
+            "a newer lanchat sends message types this one does not know: upgrade "
+            "(`lanchat --version` on both sides)",
+        ),
+        (
+            "foreign",
+            WARNING,
+            f"another program sends to {evidence.group}:{evidence.port}",
+            "not lanchat, from ",
+            "choose another --port (or --group) for lanchat, the same on every peer",
+        ),
+    ):
+        drops = [d for d in where.drops if d.reason == reason]
+        if drops:
+            sources = _listed([f"{d.address} ({d.count})" for d in drops])
+            found.append(Finding(where.name, status, what, prefix + sources, fix))
     return found
 
 
