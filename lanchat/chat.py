@@ -28,6 +28,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.utils import get_cwidth
@@ -56,6 +57,7 @@ __all__ = [
     "Rooms",
     "Say",
     "SentDirect",
+    "ansi",
     "completions",
     "entry_fragments",
     "event_fragments",
@@ -517,6 +519,25 @@ def plain(fragments: Fragments) -> str:
     return "".join(text for _, text in fragments)
 
 
+# SGR codes of the style words this module uses (ECMA-48 8.3.117).
+_SGR: Final = {
+    "bold": 1, "reverse": 7, "ansiblack": 30, "ansired": 31, "ansigreen": 32,
+    "ansiyellow": 33, "ansiblue": 34, "ansimagenta": 35, "ansicyan": 36, "ansigray": 37,
+    "ansibrightblack": 90, "ansibrightred": 91, "ansibrightgreen": 92,
+    "ansibrightyellow": 93, "ansibrightblue": 94, "ansibrightmagenta": 95,
+    "ansibrightcyan": 96, "ansiwhite": 97,
+}  # fmt: skip
+
+
+def ansi(fragments: Fragments) -> str:
+    """Styled fragments as text with ANSI colour codes (for `--colour always` into a pipe)."""
+    out = []
+    for style, text in fragments:
+        codes = ";".join(str(_SGR[word]) for word in style.split() if word in _SGR)
+        out.append(f"\x1b[{codes}m{text}\x1b[0m" if codes else text)
+    return "".join(out)
+
+
 def format_event(
     event: ev.Event,
     now: datetime,
@@ -629,11 +650,14 @@ async def read_lines(fd: int) -> AsyncIterator[str]:
 class _Session:
     """One chat session's state and command handling, printing through `show`."""
 
-    def __init__(self, node: Node, room: str, *, out: TextIO | None, interactive: bool) -> None:
+    def __init__(
+        self, node: Node, room: str, *, out: TextIO | None, interactive: bool, colour: bool
+    ) -> None:
         self.node = node
         self.room: str | None = room
         self.out = out
         self.interactive = interactive
+        self.colour = colour
         self.sent: dict[int, SentDirect] = {}
         self.changed = asyncio.Event()
         self.linger_until = float("-inf")  # loop time before which exiting drops repeats
@@ -643,10 +667,12 @@ class _Session:
 
     def show(self, fragments: Fragments) -> None:
         if self.interactive:
-            print_formatted_text(FormattedText(fragments))
+            # No colour still keeps bold and reverse: they are not colours (no-color.org).
+            depth = ColorDepth.DEPTH_4_BIT if self.colour else ColorDepth.DEPTH_1_BIT
+            print_formatted_text(FormattedText(fragments), color_depth=depth)
         else:
             out = self.out or sys.stdout
-            out.write(plain(fragments) + "\n")
+            out.write((ansi(fragments) if self.colour else plain(fragments)) + "\n")
             out.flush()
 
     def info(self, text: str) -> None:
@@ -843,6 +869,7 @@ async def _interactive(session: _Session) -> None:
         completer=_ChatCompleter(session),
         complete_while_typing=False,
         erase_when_done=True,  # the line is echoed once, formatted, by the session
+        color_depth=None if session.colour else ColorDepth.DEPTH_1_BIT,
     )
     with patch_stdout():
         session.info("type /help for commands, /quit to leave")
@@ -876,17 +903,20 @@ async def run_join(
     room: str,
     lines: AsyncIterable[str] | None = None,
     out: TextIO | None = None,
+    colour: bool | None = None,
 ) -> int:
     """Chat on a started node until /quit, Ctrl-C/Ctrl-D or end of input; returns 0.
 
     With the node's history on, the last lines of each joined room are shown
     first (the current room last, nearest the prompt). `lines` and `out`
-    replace stdin and stdout in non-interactive mode (tests).
+    replace stdin and stdout in non-interactive mode (tests). `colour`: ANSI
+    colours on or off (default: on in interactive mode only).
     """
     room = check_room(room)
     if room not in node.rooms:
         await node.join_room(room)
-    session = _Session(node, room, out=out, interactive=interactive)
+    colour = interactive if colour is None else colour
+    session = _Session(node, room, out=out, interactive=interactive, colour=colour)
     for joined in sorted(node.rooms, key=lambda r: r == room):
         session.show_history(joined)
     queue = node.subscribe()

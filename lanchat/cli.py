@@ -14,11 +14,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 
-from lanchat import __version__, netif
+from lanchat import __version__, netif, settings
 from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.codec import check_nick, check_text
@@ -151,11 +151,25 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def history_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--no-history: keep no local record of the messages this command sends or receives."""
     return click.option(
-        "--no-history",
+        "--no-history/--history",
         "no_history",
-        is_flag=True,
+        default=False,
         envvar="LANCHAT_NO_HISTORY",
-        help="Keep no local message history.",
+        help="Keep no local message history (--history: keep it, whatever the config file says).",
+    )(fn)
+
+
+def colour_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--colour auto|always|never (also spelt --color)."""
+    return click.option(
+        "--colour",
+        "--color",
+        "colour",
+        type=click.Choice(settings.COLOUR_MODES),
+        default="auto",
+        show_default=True,
+        envvar=list(settings.KEYS["colour"].envvars),
+        help="Colours: auto = on a terminal unless NO_COLOR is set.",
     )(fn)
 
 
@@ -240,13 +254,34 @@ def _loop_time() -> float:
     context_settings={"auto_envvar_prefix": "LANCHAT", "help_option_names": ["-h", "--help"]}
 )
 @click.version_option(__version__, prog_name="lanchat")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Serverless chat, presence and notices for the local network.
 
     Peers find each other by UDP multicast; no server anywhere. Every command
     takes --interface, --group, --port, --ttl and --nick (or LANCHAT_INTERFACE,
-    LANCHAT_GROUP, ... in the environment).
+    LANCHAT_GROUP, ... in the environment, or a config file: `lanchat config`).
     """
+    _apply_settings(ctx)
+
+
+def _apply_settings(ctx: click.Context) -> None:
+    """Make the config file's values the defaults of the command about to run.
+
+    click ranks an option's sources as command line > environment variable >
+    default_map > default, so the file sits exactly where it should. Commands
+    with no setting (and `config`, which must work on a broken file) skip it.
+    """
+    command = cli.commands.get(ctx.invoked_subcommand or "")
+    mapped = {key.param for key in settings.KEYS.values()}
+    if command is None or not mapped & {p.name for p in command.params}:
+        return
+    loaded = settings.load()
+    for problem in loaded.problems:
+        click.echo(f"lanchat: {problem}; {problem.hint()}", err=True)
+    if loaded.problems:
+        sys.exit(1)
+    ctx.default_map = settings.default_map(loaded.values, cli.commands, loaded.path.parent)
 
 
 @cli.command()
@@ -254,16 +289,21 @@ def cli() -> None:
 @click.option("--room", "-r", "rooms", multiple=True, envvar="LANCHAT_ROOM", metavar="ROOM",
               help="Room to join (repeatable; default lobby). The first is current.")  # fmt: skip
 @history_option
-def join(rooms: tuple[str, ...], no_history: bool, **kwargs: Any) -> None:
+@colour_option
+def join(rooms: tuple[str, ...], no_history: bool, colour: str, **kwargs: Any) -> None:
     """Chat interactively (reads lines from stdin when it is not a terminal)."""
     common = _common(kwargs)
     from lanchat.chat import run_join
+
+    use_colour = settings.colour_enabled(colour, sys.stdout.isatty(), os.environ)
 
     async def go() -> int:
         node = common.node(rooms=rooms or (cfg.DEFAULT_ROOM,), history=not no_history)
         await node.start()
         try:
-            code: int = await run_join(node, interactive=sys.stdin.isatty(), room=node.rooms[0])
+            code: int = await run_join(
+                node, interactive=sys.stdin.isatty(), room=node.rooms[0], colour=use_colour
+            )
             return code
         finally:
             await node.close()
@@ -527,6 +567,110 @@ def history_cmd(
     code = print_history(default_path(), room=room, peer=peer, notices=notices, since=since,
                          as_json=as_json, limit=limit, out=sys.stdout)  # fmt: skip
     sys.exit(code)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The config file: your defaults for the options of every command (TOML).
+
+    Precedence, highest first: command-line option, LANCHAT_* environment
+    variable, config file, built-in default.
+    """
+
+
+@config_group.command("path")
+def config_path_cmd() -> None:
+    """Print where the config file is (LANCHAT_CONFIG names another)."""
+    click.echo(settings.config_path())
+
+
+_SOURCES: Final = {
+    click.core.ParameterSource.COMMANDLINE: "option",
+    click.core.ParameterSource.ENVIRONMENT: "env",
+    click.core.ParameterSource.DEFAULT_MAP: "file",
+    click.core.ParameterSource.DEFAULT: "default",
+}
+
+
+@config_group.command("show", context_settings={"ignore_unknown_options": True})
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.argument("options", nargs=-1, type=click.UNPROCESSED, metavar="[JOIN OPTIONS]...")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool, options: tuple[str, ...]) -> None:
+    """Print each setting's value and where it comes from: option, env, file or default.
+
+    The values are those `lanchat join` would use, resolved by the same code;
+    options of `lanchat join` given here count as given to it. Exit 1 when the
+    file has problems (printed first; the bad keys show their fallback).
+    """
+    loaded = settings.load()
+    for problem in loaded.problems:
+        click.echo(f"lanchat: {problem}; {problem.hint()}", err=True)
+    defaults = settings.default_map(loaded.values, {"join": join}, loaded.path.parent)
+    sub = join.make_context("join", list(options), parent=ctx, default_map=defaults.get("join"))
+    rows = {
+        key.name: {
+            "value": key.from_param(sub.params[key.param]),
+            "source": _SOURCES.get(sub.get_parameter_source(key.param), "default"),  # type: ignore[arg-type]
+        }
+        for key in settings.KEYS.values()
+    }
+    if as_json:
+        out = {"file": str(loaded.path), "exists": loaded.exists, "settings": rows}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        state = "" if loaded.exists else " (no such file: built-in defaults)"
+        click.echo(f"# {loaded.path}{state}")
+        width = max(len(name) for name in rows) + 3
+        for name, row in rows.items():
+            line = f"{name} = {settings.toml_value(row['value'])}"
+            click.echo(f"{line.ljust(width + 24)} # {row['source']}")
+    sys.exit(1 if loaded.problems else 0)
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("values", nargs=-1, required=True, metavar="VALUE...")
+def config_set(key: str, values: tuple[str, ...]) -> None:
+    """Set KEY in the config file (creating it); a list takes one VALUE per item.
+
+    Keys: nick, rooms, interface, exclude_interface, key_file, colour (auto,
+    always, never), history (on, off), group, port, ttl. The rest of the file
+    (comments, order) is kept; the file is replaced in one step.
+    """
+    path = settings.config_path()
+    try:
+        name = settings.canonical(key)
+        try:
+            value = settings.parse_args(settings.KEYS[name], values)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        text = settings.read_text(path) or ""
+        settings.write_atomic(path, settings.edit(text, name, value, path))
+    except ConfigError as exc:
+        fail(str(exc))
+    click.echo(f"{path}: {name} = {settings.toml_value(value)}")
+    for problem in settings.load(path).problems:
+        click.echo(f"lanchat: warning: {problem}; {problem.hint()}", err=True)
+
+
+@config_group.command("unset")
+@click.argument("key")
+def config_unset(key: str) -> None:
+    """Remove KEY from the config file (an unknown key too): back to its default."""
+    path = settings.config_path()
+    try:
+        with contextlib.suppress(ConfigError):
+            key = settings.canonical(key)
+        text = settings.read_text(path)
+        changed = settings.edit(text, key, None, path) if text is not None else None
+        if changed is None or changed == text:
+            click.echo(f"{key} is not set in {path}", err=True)
+            return
+        settings.write_atomic(path, changed)
+    except ConfigError as exc:
+        fail(str(exc))
+    click.echo(f"{path}: {key} removed")
 
 
 def main() -> None:
