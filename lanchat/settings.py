@@ -393,10 +393,13 @@ def edit(text: str, name: str, value: Any | None, path: Path) -> str:
         lines[-1] += "\n"
     spans: list[tuple[int, int]] = []
     insert_at = len(lines)
+    last_end: int | None = None  # a new key goes after the last top-level one, not the table
     for start, end, parsed in _statements(lines):
         if parsed is None:
-            insert_at = start
-        elif set(parsed) & names:
+            insert_at = start if last_end is None else last_end
+            continue
+        last_end = end
+        if set(parsed) & names:
             spans.append((start, end))
     new_line = [] if value is None else [f"{written} = {toml_value(value)}\n"]
     if spans:
