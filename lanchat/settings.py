@@ -32,11 +32,13 @@ from lanchat.errors import ConfigError
 from lanchat.identity import app_dir
 
 __all__ = [
+    "COLOUR_MODES",
     "CONFIG_FILE",
     "KEYS",
     "Key",
     "Loaded",
     "Problem",
+    "canonical",
     "check_value",
     "colour_enabled",
     "config_path",
@@ -45,6 +47,7 @@ __all__ = [
     "edit",
     "load",
     "parse_args",
+    "read_text",
     "toml_value",
     "write_atomic",
 ]
@@ -79,8 +82,7 @@ class Key:
     name: str
     kind: Kind
     param: str  # the click parameter name in every command that has it
-    envvars: tuple[str, ...]
-    help: str
+    envvars: tuple[str, ...]  # the option's variables, in click's order
     check: Callable[[str], str] | None = None  # per string (or per list item)
     low: int = 0
     high: int = 0
@@ -109,23 +111,18 @@ class Key:
 KEYS: Final[Mapping[str, Key]] = {
     key.name: key
     for key in (
-        Key("nick", "str", "nick", ("LANCHAT_NICK",), "your nickname", check=check_nick),
-        Key("rooms", "list", "rooms", ("LANCHAT_ROOM",), "rooms `lanchat join` joins",
-            check=check_room),
-        Key("interface", "list", "interfaces", ("LANCHAT_INTERFACE",),
-            "interfaces to use (names or addresses)", check=_interface),
+        Key("nick", "str", "nick", ("LANCHAT_NICK",), check=check_nick),
+        Key("rooms", "list", "rooms", ("LANCHAT_ROOM",), check=check_room),  # join only
+        Key("interface", "list", "interfaces", ("LANCHAT_INTERFACE",), check=_interface),
         Key("exclude_interface", "list", "exclude", ("LANCHAT_EXCLUDE_INTERFACE",),
-            "interfaces never to use", check=_interface),
-        Key("key_file", "list", "key_files", ("LANCHAT_KEY_FILE",),
-            "group key files (the first seals)", check=_key_file),
+            check=_interface),
+        Key("key_file", "list", "key_files", ("LANCHAT_KEY_FILE",), check=_key_file),
         Key("colour", "choice", "colour", ("LANCHAT_COLOUR", "LANCHAT_COLOR"),
-            "colours in `lanchat join`", choices=COLOUR_MODES, alias="color"),
-        Key("history", "bool", "no_history", ("LANCHAT_NO_HISTORY",),
-            "keep a local message history"),
-        Key("group", "str", "group", ("LANCHAT_GROUP",), "multicast group",
-            check=cfg.check_group),
-        Key("port", "int", "port", ("LANCHAT_PORT",), "UDP port", low=1, high=65535),
-        Key("ttl", "int", "ttl", ("LANCHAT_TTL",), "multicast TTL", low=1, high=255),
+            choices=COLOUR_MODES, alias="color"),
+        Key("history", "bool", "no_history", ("LANCHAT_NO_HISTORY",)),
+        Key("group", "str", "group", ("LANCHAT_GROUP",), check=cfg.check_group),
+        Key("port", "int", "port", ("LANCHAT_PORT",), low=1, high=65535),
+        Key("ttl", "int", "ttl", ("LANCHAT_TTL",), low=1, high=255),
     )
 }  # fmt: skip
 _ALIASES: Final = {key.alias: key.name for key in KEYS.values() if key.alias}
