@@ -108,8 +108,10 @@ class Common:
             **kwargs,
         )
         if node.choice.loopback_only and not self.interfaces:
+            skipped = "; ".join(f"{v.name}: {v.reason}" for v in node.choice.verdicts if not v.used)
             click.echo(
-                "lanchat: only the loopback interface is usable: you will reach this machine only",
+                "lanchat: only the loopback interface is usable: you will reach this machine only"
+                + (f" ({skipped})" if skipped else ""),
                 err=True,
             )
         if report_errors:
