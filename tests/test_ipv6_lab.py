@@ -9,7 +9,6 @@ usable at once. Measured times are printed (``pytest -s``).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,13 +93,7 @@ def test_a_dual_stack_peer_is_one_peer_with_both_addresses(lab: Lab, net: Lancha
     assert wait_mesh([alice, bob], MESH_TIMEOUT)
     print(f"\ndiscovery dual-stack <-> dual-stack: {discovery_time(alice, bob) * 1000:.0f} ms")
     # Heard over both groups, each is joined once and ends up with both addresses.
-    assert bob.wait_until(
-        lambda: (
-            len(bob.of("peer_joined", alice.peer_id)) == 1 and len(json.dumps(bob.snapshot())) > 0
-        ),
-        1.0,
-    )
-    time.sleep(1.5)  # a heartbeat over each family
+    time.sleep(1.5)  # a heartbeat over each family; a second join would show by now
     assert len(alice.of("peer_joined", bob.peer_id)) == 1
     assert len(bob.of("peer_joined", alice.peer_id)) == 1
 
