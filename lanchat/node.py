@@ -120,7 +120,7 @@ def _send_hint(exc: OSError, where: str) -> str:
                 "a firewall refuses it (allow UDP to and from lanchat's port in its output rules)"
             )
         case errno.ENETUNREACH | errno.EHOSTUNREACH:
-            return "the network is unreachable (cable or Wi-Fi down? see `lanchat doctor`)"
+            return "the network is unreachable (link down or interface gone? see `lanchat doctor`)"
         case errno.ENODEV | errno.EADDRNOTAVAIL | errno.ENXIO:
             return f"{where} or its address is gone (it is dropped at the next interface poll)"
         case errno.ENOBUFS | errno.EAGAIN:
@@ -304,6 +304,10 @@ class Node:
         except BaseException:
             self._close_sockets()
             self._close_history()
+            if self._lease is not None:  # a failed start holds no identity slot
+                self._lease.release()
+                self._lease = None
+                self._identity = None
             raise
         assert self._unicast is not None
         uport = self._unicast.get_extra_info("sockname")[1]
