@@ -419,6 +419,8 @@ def event_fragments(
             return [*head, (_ERROR_STYLE, text + " (check --key / --key-file)")]
         case ev.InterfacesChanged(added=added, removed=removed, active=active):
             return [*head, *_network_fragments(added, removed, active)]
+        case ev.NetworkErrorReported(message=message):
+            return [*head, (_ERROR_STYLE, f"!!! {sanitize(message)}")]
     return [*head, *_peer_fragments(event)]
 
 

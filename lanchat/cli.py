@@ -80,6 +80,8 @@ class Common:
     nick: str
     key_files: tuple[Path, ...]
     passphrase: str | None
+    ipv4_only: bool
+    ipv6_only: bool
 
     def keys(self) -> list[bytes]:
         """The group keys: key files first (the first one seals), then the passphrase."""
@@ -88,7 +90,11 @@ class Common:
             keys.append(key_from_passphrase(self.passphrase, self.group, self.port))
         return keys
 
-    def node(self, **kwargs: Any) -> Node:
+    def node(self, *, report_errors: bool = True, **kwargs: Any) -> Node:
+        """The Node these options describe; `report_errors` prints its network errors on stderr.
+
+        Call it inside the running loop (every command's coroutine does).
+        """
         node = Node(
             kwargs.pop("nick", self.nick),
             group=self.group,
@@ -97,14 +103,33 @@ class Common:
             exclude_interfaces=self.exclude,
             ttl=self.ttl,
             keys=self.keys(),
+            ipv4_only=self.ipv4_only,
+            ipv6_only=self.ipv6_only,
             **kwargs,
         )
         if node.choice.loopback_only and not self.interfaces:
+            skipped = "; ".join(f"{v.name}: {v.reason}" for v in node.choice.verdicts if not v.used)
             click.echo(
-                "lanchat: only the loopback interface is usable: you will reach this machine only",
+                "lanchat: only the loopback interface is usable: you will reach this machine only"
+                + (f" ({skipped})" if skipped else ""),
                 err=True,
             )
+        if report_errors:
+            queue = node.subscribe()  # before start: errors of the first sends are printed too
+            _error_printers.add(asyncio.get_running_loop().create_task(_print_errors(queue)))
         return node
+
+
+_error_printers: set[asyncio.Task[None]] = set()  # kept referenced until the loop ends
+
+
+async def _print_errors(queue: asyncio.Queue[ev.Event]) -> None:
+    """Print each `NetworkErrorReported` as one line on stderr."""
+    while True:
+        event = await queue.get()
+        if isinstance(event, ev.NetworkErrorReported):
+            suffix = f" ({event.count} more since the last report)" if event.count > 1 else ""
+            click.echo(f"lanchat: {event.message}{suffix}", err=True)
 
 
 def _warn_visible_secret(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -142,6 +167,10 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--key", "passphrase", envvar="LANCHAT_KEY", metavar="PASSPHRASE",
                      callback=_warn_visible_secret,
                      help="Group passphrase (prefer LANCHAT_KEY or --key-file)."),
+        click.option("--ipv4-only", "ipv4_only", is_flag=True, envvar="LANCHAT_IPV4_ONLY",
+                     help="Use IPv4 only (default: IPv4 and link-local IPv6)."),
+        click.option("--ipv6-only", "ipv6_only", is_flag=True, envvar="LANCHAT_IPV6_ONLY",
+                     help="Use link-local IPv6 only (group ff02:: + the IPv4 group's bits)."),
     ]  # fmt: skip
     for option in reversed(options):
         fn = option(fn)
@@ -174,7 +203,13 @@ def colour_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _common(kwargs: dict[str, Any]) -> Common:
-    return Common(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(Common)})
+    common = Common(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(Common)})
+    if common.ipv4_only and common.ipv6_only:
+        raise click.UsageError(
+            "--ipv4-only and --ipv6-only exclude each other (check LANCHAT_IPV4_ONLY and "
+            "LANCHAT_IPV6_ONLY): choose one, or neither for both families"
+        )
+    return common
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -222,7 +257,15 @@ def event_json(event: ev.Event, now: float) -> dict[str, Any]:
     return out
 
 
-def interface_json(info: netif.InterfaceInfo, verdict: netif.Verdict) -> dict[str, Any]:
+def _ipv6_text(info: netif.InterfaceInfo, addr: netif.IPv6Addr) -> str:
+    """An IPv6 address of an interface with its prefix, link-local ones with their %scope."""
+    scope = f"%{info.name}" if addr.link_local else ""
+    return f"{addr.address}{scope}/{addr.prefixlen}"
+
+
+def interface_json(
+    info: netif.InterfaceInfo, verdict: netif.Verdict, choice: netif.Choice
+) -> dict[str, Any]:
     """An interface and lanchat's verdict on it as a JSON object."""
     return {
         "name": info.name,
@@ -231,6 +274,8 @@ def interface_json(info: netif.InterfaceInfo, verdict: netif.Verdict) -> dict[st
         "reason": verdict.reason,
         "up": info.up,
         "ipv4": [net.cidr for net in info.ipv4],
+        "ipv6": [_ipv6_text(info, addr) for addr in info.ipv6],
+        "ipv6_used": choice.uses_ipv6(info),
         "loopback": info.loopback,
         "point_to_point": info.point_to_point,
         "multicast": info.multicast,
@@ -298,7 +343,9 @@ def join(rooms: tuple[str, ...], no_history: bool, colour: str, **kwargs: Any) -
     use_colour = settings.colour_enabled(colour, sys.stdout.isatty(), os.environ)
 
     async def go() -> int:
-        node = common.node(rooms=rooms or (cfg.DEFAULT_ROOM,), history=not no_history)
+        node = common.node(  # the chat line shows network errors itself
+            rooms=rooms or (cfg.DEFAULT_ROOM,), history=not no_history, report_errors=False
+        )
         await node.start()
         try:
             code: int = await run_join(
@@ -462,19 +509,31 @@ def interfaces(as_json: bool, **kwargs: Any) -> None:
     common = _common(kwargs)
     try:
         infos = netif.read_interfaces()
-        choice = netif.choose_interfaces(infos, common.interfaces, common.exclude)
+        choice = netif.choose_interfaces(
+            infos,
+            common.interfaces,
+            common.exclude,
+            ipv4=not common.ipv6_only,
+            ipv6=not common.ipv4_only,
+        )
     except LanchatError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot read the network interfaces: {exc.strerror or exc}")
     pairs = list(zip(infos, choice.verdicts, strict=True))
     if as_json:
-        click.echo(json.dumps([interface_json(info, v) for info, v in pairs], indent=2))
+        click.echo(json.dumps([interface_json(info, v, choice) for info, v in pairs], indent=2))
         return
-    rows = [("INTERFACE", "USED", "IPV4", "WHY")]
+    # The IPv6 column appears when some interface has a link-local address to use.
+    with_ipv6 = any(info.link_local_ipv6 is not None for info in infos)
+    rows: list[tuple[str, ...]] = [
+        ("INTERFACE", "USED", "IPV4", *(("IPV6",) if with_ipv6 else ()), "WHY")
+    ]
     for info, verdict in pairs:
         cidrs = ", ".join(net.cidr for net in info.ipv4) or "-"
-        rows.append((info.name, "yes" if verdict.used else "no", cidrs, verdict.reason))
+        ipv6 = ", ".join(_ipv6_text(info, a) for a in info.ipv6 if a.link_local) or "-"
+        used = "yes" if verdict.used else "no"
+        rows.append((info.name, used, cidrs, *((ipv6,) if with_ipv6 else ()), verdict.reason))
     from lanchat.chat import format_table
 
     for line in format_table(rows):
@@ -496,6 +555,11 @@ def doctor(wait: float, as_json: bool, **kwargs: Any) -> None:
     here and the default route. Exit 1 when nothing can work.
     """
     common = _common(kwargs)
+    if common.ipv6_only:
+        fail(
+            "lanchat doctor checks IPv4 only; for IPv6 see `lanchat interfaces --ipv6-only` "
+            "and `lanchat peers --ipv6-only`"
+        )
     from lanchat import doctor as doc
 
     async def go() -> doc.Evidence:

@@ -19,6 +19,12 @@ from lanchat.errors import ConfigError
 # Administratively scoped (RFC 2365, 239.255/16 = IPv4 local scope): routers
 # at the site edge do not forward it, and it clashes with no IANA assignment.
 DEFAULT_GROUP: Final = "239.255.76.67"
+# The IPv6 group is link-local (ff02::/16, RFC 4291 scope 2: never routed) and
+# carries the IPv4 group's 32 bits as its group ID, so --group separates both
+# families alike: 239.255.76.67 -> ff02::efff:4c43. Every IPv4 multicast group
+# gives an ID in 0xe0000000-0xefffffff, inside RFC 3307's dynamic range
+# (0x80000000 and up), which IANA's link-local registry never assigns.
+DEFAULT_GROUP6: Final = "ff02::efff:4c43"
 DEFAULT_PORT: Final = 47667  # unassigned by IANA; "LC" in the middle digits of 0x4C43
 # TTL 1 keeps datagrams on the local link (RFC 1112 section 6.1).
 DEFAULT_TTL: Final = 1
@@ -117,6 +123,12 @@ def check_group(group: str) -> str:
     if not addr.is_multicast:
         raise ConfigError(f"group {group} is not a multicast address (224.0.0.0/4)")
     return str(addr)
+
+
+def ipv6_group(group: str) -> str:
+    """The link-local IPv6 group that goes with an IPv4 group: ff02:: + its 32 bits."""
+    packed = ipaddress.IPv4Address(check_group(group)).packed
+    return str(ipaddress.IPv6Address(b"\xff\x02" + bytes(10) + packed))
 
 
 def check_port(port: int) -> int:

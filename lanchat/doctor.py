@@ -831,7 +831,10 @@ class _TappedNode(Node):
         self.tap = _Tap()
 
     async def _endpoint(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.DatagramProtocol | None = None,
     ) -> asyncio.DatagramTransport:
         """Node's `_endpoint`, with a receiver that knows the group socket from the others."""
         host, port = sock.getsockname()[:2]
@@ -904,6 +907,10 @@ def _failed(info: netif.InterfaceInfo, exc: LanchatError | OSError) -> Interface
     )
 
 
+_IPV6_ONLY_HINT = "drop --ipv4-only"
+_IPV6_ONLY_DOCTOR = "lanchat uses IPv6 there; the doctor checks IPv4 only"
+
+
 async def gather(
     *,
     group: str = cfg.DEFAULT_GROUP,
@@ -932,13 +939,18 @@ async def gather(
             base, choice_error=f"cannot read the network interfaces: {exc.strerror or exc}"
         )
     local = tuple(net.address for info in infos for net in info.ipv4)
-    try:
-        choice = netif.choose_interfaces(infos, interfaces, exclude)
+    try:  # the doctor checks IPv4 only (its evidence is per IPv4 address)
+        choice = netif.choose_interfaces(infos, interfaces, exclude, ipv6=False)
     except InterfaceError as exc:
-        return dataclasses.replace(base, choice_error=str(exc), local_addresses=local)
+        message = str(exc).replace(_IPV6_ONLY_HINT, _IPV6_ONLY_DOCTOR)
+        return dataclasses.replace(base, choice_error=message, local_addresses=local)
     by_name = {info.name: info for info in infos}
     skipped = tuple(
-        SkippedInterface(v.name, v.reason, bool(by_name[v.name].up and by_name[v.name].ipv4))
+        SkippedInterface(
+            v.name,
+            v.reason.replace(_IPV6_ONLY_HINT, _IPV6_ONLY_DOCTOR),
+            bool(by_name[v.name].up and by_name[v.name].ipv4),
+        )
         for v in choice.verdicts
         if not v.used and v.name in by_name
     )
@@ -956,6 +968,7 @@ async def gather(
                     member=False,
                     keys=keys,
                     interface_poll_interval=None,
+                    ipv4_only=True,
                 )
                 await node.start()
             except (LanchatError, OSError) as exc:

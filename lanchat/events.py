@@ -189,6 +189,21 @@ class InterfacesChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkErrorReported:
+    """The OS refused a send or a join on one interface; the node keeps running.
+
+    Emitted by the `Node` adapter at most once per interface and error every
+    10 s; `count` is how many such errors happened since the last report.
+    `message` is one line for people: what failed, where, and the fix.
+    """
+
+    interface: str  # "eth0 10.0.0.5", or "" when no interface is involved
+    errno: int
+    count: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class MessagesLost:
     """Messages first_seq..last_seq of a peer could not be repaired (gone for good).
 
@@ -222,4 +237,5 @@ Event = (
     | UnauthenticatedReceived
     | MessagesLost
     | InterfacesChanged
+    | NetworkErrorReported
 )

@@ -11,6 +11,9 @@ real network, instead of making ``sendto`` fail with ``EPERM`` as an ``output`` 
         b.set_loss(inbound=0.2)
         proc = a.spawn(["python3", "-m", "lanchat", "join"])
 
+Hosts are IPv4-only unless made with ``ipv6=True`` (IPv6 on, duplicate address detection
+off so link-local addresses are usable at once) and ``ipv4=False`` (no IPv4 address at all).
+
 Names: an automatic prefix ``ll<pid>x<n>`` encodes the creating PID, so a later lab can delete
 namespaces a crashed one left behind (`clean_stale`). Needs root, iproute2 and, for loss and
 partitions, nftables. ``python -m lanchat.lab --help`` keeps a lab up across shell commands.
@@ -248,10 +251,14 @@ class _Interface:
 class Host:
     """One machine: a network namespace with one veth per LAN, named eth0, eth1, ..."""
 
-    def __init__(self, lab: Lab, name: str, netns: str, index: int) -> None:
+    def __init__(
+        self, lab: Lab, name: str, netns: str, index: int, *, ipv4: bool = True, ipv6: bool = False
+    ) -> None:
         self.name = name
         self.netns = netns
         self.index = index
+        self.ipv4 = ipv4  # attach gives each new interface an IPv4 address
+        self.ipv6 = ipv6  # IPv6 is on: each interface has a link-local address
         self._lab = lab
         self._interfaces: dict[str, _Interface] = {}
         self._ports = itertools.count()
@@ -271,6 +278,15 @@ class Host:
     def addresses(self) -> list[str]:
         """The first IPv4 address of each interface that has one, in interface order."""
         return [i.cidrs[0].split("/")[0] for i in self._interfaces.values() if i.cidrs]
+
+    def link_local(self, iface: str = "eth0") -> str:
+        """The interface's IPv6 link-local address with its scope, e.g. ``fe80::1%eth0``."""
+        self._interface(iface)
+        out = _ip(self.netns, "-6", "-o", "address", "show", "dev", iface, "scope", "link")
+        match = re.search(r"inet6 (fe80:[0-9a-f:]+)/", out)
+        if match is None:
+            raise LabError(f"host {self.name} has no link-local address on {iface}")
+        return f"{match.group(1)}%{iface}"
 
     @property
     def address(self) -> str:
@@ -392,8 +408,13 @@ class Host:
         if cidr in info.cidrs:
             info.cidrs.remove(cidr)
 
-    def attach(self, lan: str, *, address: bool = True) -> str:
-        """Plug a new interface into ``lan`` (made if missing) and return its name."""
+    def attach(self, lan: str, *, address: bool | None = None) -> str:
+        """Plug a new interface into ``lan`` (made if missing) and return its name.
+
+        ``address`` (default: the host's ``ipv4``) gives it the lab's IPv4 address.
+        """
+        if address is None:
+            address = self.ipv4
         lab = self._lab
         lab._check_open()
         the_lan = lab.lan(lan) if lan in lab.lans else lab.add_lan(lan)
@@ -532,12 +553,22 @@ class Lab:
         return lan
 
     def add_host(
-        self, name: str, lans: Sequence[str] = ("lan1",), default_route: bool = True
+        self,
+        name: str,
+        lans: Sequence[str] = ("lan1",),
+        default_route: bool = True,
+        *,
+        ipv4: bool = True,
+        ipv6: bool = False,
     ) -> Host:
         """Add a host with eth0, eth1, ... on ``lans`` (made if missing), host N at .N.
 
-        The default route, unless turned off, goes via the first LAN's unowned .254.
+        The default route, unless turned off, goes via the first LAN's unowned .254
+        (IPv4 hosts only). ``ipv6`` turns IPv6 on (link-local addresses, no duplicate
+        address detection); ``ipv4=False`` gives the interfaces no IPv4 address.
         """
+        if not (ipv4 or ipv6):
+            raise LabError(f"host {name!r} needs IPv4 or IPv6")
         self._check_open()
         if not _HOST_NAME.match(name) or name == _SWITCH:
             raise LabError(f"bad host name {name!r}: [a-z][a-z0-9_]*, not {_SWITCH!r}")
@@ -549,23 +580,26 @@ class Lab:
             raise LabError("a default route needs a LAN")
         netns = f"{self.prefix}-{name}"
         self._add_namespace(netns)
-        host = Host(self, name, netns, len(self._hosts) + 1)
+        host = Host(self, name, netns, len(self._hosts) + 1, ipv4=ipv4, ipv6=ipv6)
         self._hosts[name] = host
+        _set_ipv6(netns, ipv6)
         _ip(netns, "link", "set", "lo", "up")
         for lan in lans:
             host.attach(lan)
-        if default_route:
+        if default_route and ipv4:
             host._set_default_route("eth0")
         return host
 
-    def hosts(self, count: int, lan: str = "lan1") -> list[Host]:
+    def hosts(
+        self, count: int, lan: str = "lan1", *, ipv4: bool = True, ipv6: bool = False
+    ) -> list[Host]:
         """Add ``count`` hosts named a, b, c, ... (the next free letters) on ``lan``."""
         names = [letter for letter in string.ascii_lowercase if letter not in self._hosts]
         if count > len(names):
             raise LabError(f"only {len(names)} single-letter host names left")
         if lan not in self._lans:
             self.add_lan(lan)
-        return [self.add_host(name, lans=(lan,)) for name in names[:count]]
+        return [self.add_host(name, lans=(lan,), ipv4=ipv4, ipv6=ipv6) for name in names[:count]]
 
     def keep(self) -> None:
         """Leave the namespaces in place at close (the CLI's persistent lab)."""
@@ -639,6 +673,27 @@ def _signal(proc: subprocess.Popen[Any], group: bool, signum: signal.Signals) ->
 
 
 # The CLI: a persistent lab, re-derived from `ip netns list` on every command.
+
+
+def _set_ipv6(netns: str, on: bool) -> None:
+    """Turn IPv6 on (without duplicate address detection) or off for the namespace's interfaces.
+
+    Set before any interface is made: ``default`` covers the new ones. Without
+    detection a link-local address is usable at once instead of after ~1-2 s
+    (RFC 4862 section 5.4: one probe, RetransTimer 1 s), and lab addresses are unique anyway.
+    """
+    sysctl = "/proc/sys/net/ipv6/conf"
+    if not os.path.exists(sysctl):
+        if on:
+            raise LabError("this kernel has no IPv6")
+        return
+    values = {"disable_ipv6": "0", "accept_dad": "0"} if on else {"disable_ipv6": "1"}
+    script = "; ".join(
+        f"echo {value} > {sysctl}/{scope}/{key}"
+        for key, value in values.items()
+        for scope in ("all", "default")
+    )
+    _command(_in_netns(netns, ["sh", "-c", script]))
 
 
 def _lab_namespaces(prefix: str) -> list[str]:

@@ -1,17 +1,21 @@
 """Network interfaces: a thin read (`read_interfaces`) and a pure choice (`choose_interfaces`).
 
 lanchat joins its IPv4 multicast group on each chosen interface *by address*,
-never through the default route, so the wrong NIC next to docker0, a VPN or a
-VM adapter is the usual cause of "I can't see anyone". The choice is therefore
-made by a pure function over plain data, and every interface gets a `Verdict`
-with a short human reason. Shape after python-zeroconf `_utils/net.py`.
+and its link-local IPv6 group by interface index, never through the default
+route, so the wrong NIC next to docker0, a VPN or a VM adapter is the usual
+cause of "I can't see anyone". The choice is therefore made by a pure function
+over plain data, and every interface gets a `Verdict` with a short human
+reason. Shape after python-zeroconf `_utils/net.py`.
 
 Default rules (no interface named): use every interface that is up, has an
-IPv4 address, is multicast-capable, and is not loopback, point-to-point, a
-container/VM bridge, a veth or a VPN, nor excluded. If that leaves nothing,
-fall back to loopback. Naming interfaces (by name or IPv4 address) uses
-exactly those, whatever their kind, and raises `InterfaceError` for a name that
-matches nothing, or an interface that is down or has no IPv4 address.
+address of a family turned on (IPv4, or an IPv6 link-local one), is
+multicast-capable, and is not loopback, point-to-point, a container/VM bridge,
+a veth or a VPN, nor excluded. If that leaves nothing, fall back to loopback.
+Naming interfaces (by name or address) uses exactly those, whatever their kind,
+and raises `InterfaceError` for a name that matches nothing, or an interface
+that is down or has no address of a family in use. Each used interface is
+joined once per family it has: IPv4 with its first IPv4 address, IPv6 with its
+first link-local address (fe80::/10) and its index.
 
 A running node re-reads and re-chooses every few seconds; `diff` (pure) says
 which `InterfaceAddress`es to join and which to leave.
@@ -125,6 +129,12 @@ class IPv6Addr:
     address: str
     scope_id: int
     link_local: bool
+    prefixlen: int = 64  # the on-link prefix (RFC 4291 unicast addresses are /64 as a rule)
+
+    def contains(self, address: ipaddress.IPv6Address) -> bool:
+        """Whether `address` is in this address's on-link prefix."""
+        network = ipaddress.IPv6Network(f"{self.address}/{self.prefixlen}", strict=False)
+        return address in network
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,13 @@ class InterfaceInfo:
         """The IPv4 address lanchat joins and sends with: the first one."""
         return self.ipv4[0] if self.ipv4 else None
 
+    @property
+    def link_local_ipv6(self) -> IPv6Addr | None:
+        """The IPv6 address lanchat sends with: the first link-local one (None without an index)."""
+        if not self.index:  # IPv6 multicast is joined and sent by interface index
+            return None
+        return next((addr for addr in self.ipv6 if addr.link_local), None)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -163,18 +180,36 @@ class Choice:
     used: tuple[InterfaceInfo, ...]
     verdicts: tuple[Verdict, ...]
     loopback_only: bool  # only loopback is used: only this machine is reachable
+    ipv4: bool = True  # the families turned on (--ipv4-only / --ipv6-only turn one off)
+    ipv6: bool = False
 
     @property
     def addresses(self) -> tuple[str, ...]:
-        """The IPv4 address to join with on each used interface, in order."""
-        return tuple(info.ipv4[0].address for info in self.used)
+        """The IPv4 address to join with on each interface using IPv4, in order."""
+        return tuple(info.ipv4[0].address for info in self.used if self.uses_ipv4(info))
 
     @property
     def joined(self) -> tuple[InterfaceAddress, ...]:
-        """Each used interface with the IPv4 address lanchat joins and sends with."""
-        return tuple(
-            InterfaceAddress(info.name, info.ipv4[0].address, info.index) for info in self.used
-        )
+        """Where the groups are joined: the IPv4 ones first, then the IPv6 ones."""
+        ipv4 = [
+            InterfaceAddress(info.name, info.ipv4[0].address, info.index)
+            for info in self.used
+            if self.uses_ipv4(info)
+        ]
+        ipv6 = [
+            InterfaceAddress(info.name, addr.address, info.index)
+            for info in self.used
+            if self.uses_ipv6(info) and (addr := info.link_local_ipv6) is not None
+        ]
+        return (*ipv4, *ipv6)
+
+    def uses_ipv4(self, info: InterfaceInfo) -> bool:
+        """Whether lanchat uses IPv4 on this interface."""
+        return self.ipv4 and info in self.used and bool(info.ipv4)
+
+    def uses_ipv6(self, info: InterfaceInfo) -> bool:
+        """Whether lanchat uses IPv6 (link-local multicast) on this interface."""
+        return self.ipv6 and info in self.used and info.link_local_ipv6 is not None
 
 
 @dataclass(frozen=True)
@@ -186,8 +221,13 @@ class InterfaceAddress:
     """
 
     name: str
-    address: str
+    address: str  # IPv4, or the IPv6 link-local address without its %scope
     index: int = 0  # 0 when the OS gives no index
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether this is the IPv6 (link-local, joined by index) side of the interface."""
+        return ":" in self.address
 
     def __str__(self) -> str:
         return f"{self.name} {self.address}"
@@ -216,24 +256,67 @@ def diff(old: Iterable[InterfaceAddress], new: Iterable[InterfaceAddress]) -> In
 # --- the pure decision ------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Families:
+    """The address families turned on; the choice is made per family."""
+
+    ipv4: bool
+    ipv6: bool
+
+    def usable(self, info: InterfaceInfo) -> bool:
+        """Whether the interface has an address of a family turned on."""
+        return (self.ipv4 and bool(info.ipv4)) or (self.ipv6 and info.link_local_ipv6 is not None)
+
+    def missing(self, info: InterfaceInfo) -> str:
+        """Why an interface has nothing to join with, naming the option that would help."""
+        if self.ipv4 and not self.ipv6:
+            if info.link_local_ipv6 is not None:
+                return "no IPv4 address (IPv6 link-local only: drop --ipv4-only)"
+            return "no IPv4 address"
+        if self.ipv6 and not self.ipv4:
+            if info.ipv4:
+                return "no IPv6 link-local address (IPv4 only: drop --ipv6-only)"
+            return "no IPv6 link-local address"
+        if info.ipv6:  # only global IPv6 addresses: IPv6 multicast needs a link-local one
+            return "no IPv4 or IPv6 link-local address"
+        return "no IPv4 address"
+
+    def addresses(self, info: InterfaceInfo) -> str:
+        """The addresses used on the interface, the ones joined with first."""
+        parts = [net.cidr for net in info.ipv4] if self.ipv4 else []
+        link_local = info.link_local_ipv6 if self.ipv6 else None
+        if link_local is not None:
+            parts.append(f"{link_local.address}%{info.name}")
+        return ", ".join(parts)
+
+
 def choose_interfaces(
     infos: Iterable[InterfaceInfo],
     wanted: Iterable[str] = (),
     excluded: Iterable[str] = (),
+    *,
+    ipv4: bool = True,
+    ipv6: bool = True,
 ) -> Choice:
-    """Choose the interfaces to use; `wanted`/`excluded` hold interface names or IPv4 addresses."""
+    """Choose the interfaces to use; `wanted`/`excluded` hold interface names or addresses.
+
+    `ipv4` / `ipv6` turn a family on or off (--ipv4-only, --ipv6-only); an
+    interface is usable with an address of a family that is on.
+    """
+    if not (ipv4 or ipv6):
+        raise InterfaceError("IPv4 and IPv6 are both turned off: nothing to send with")
+    families = _Families(ipv4, ipv6)
     candidates = tuple(infos)
     wanted_items = _items(wanted)
     excluded_flags = tuple(_matches_any(info, _items(excluded)) for info in candidates)
     if wanted_items:
-        return _choose_wanted(candidates, wanted_items, excluded_flags)
+        return _choose_wanted(candidates, wanted_items, excluded_flags, families)
     verdicts: list[Verdict] = []
     for info, is_excluded in zip(candidates, excluded_flags, strict=True):
-        reason = "excluded by option" if is_excluded else _skip_reason(info)
+        reason = "excluded by option" if is_excluded else _skip_reason(info, families)
         if reason is None:
-            verdicts.append(
-                Verdict(info.name, True, f"up, multicast, {_notes(info)}{_cidrs(info)}")
-            )
+            addresses = families.addresses(info)
+            verdicts.append(Verdict(info.name, True, f"up, multicast, {_notes(info)}{addresses}"))
         else:
             verdicts.append(Verdict(info.name, False, reason))
     used = tuple(info for info, v in zip(candidates, verdicts, strict=True) if v.used)
@@ -241,23 +324,28 @@ def choose_interfaces(
         used = tuple(
             info
             for info, is_excluded in zip(candidates, excluded_flags, strict=True)
-            if info.loopback and info.up and info.ipv4 and not is_excluded
+            if info.loopback and info.up and families.usable(info) and not is_excluded
         )
         verdicts = [
-            Verdict(v.name, True, f"loopback, used because nothing else is usable, {_cidrs(info)}")
+            Verdict(
+                v.name,
+                True,
+                f"loopback, used because nothing else is usable, {families.addresses(info)}",
+            )
             if info in used
             else v
             for info, v in zip(candidates, verdicts, strict=True)
         ]
     if not used:
         raise InterfaceError(f"no usable network interface: {_summary(verdicts)}")
-    return Choice(used, tuple(verdicts), all(info.loopback for info in used))
+    return Choice(used, tuple(verdicts), all(info.loopback for info in used), ipv4, ipv6)
 
 
 def _choose_wanted(
     candidates: tuple[InterfaceInfo, ...],
     wanted: tuple[str, ...],
     excluded_flags: tuple[bool, ...],
+    families: _Families,
 ) -> Choice:
     """Use exactly the named interfaces, or raise `InterfaceError` naming the first problem."""
     chosen = [False] * len(candidates)
@@ -274,11 +362,15 @@ def _choose_wanted(
                 raise InterfaceError(f"interface {info.name} is both chosen and excluded")
             if not info.up:
                 raise InterfaceError(f"interface {info.name} is down")
-            if not info.ipv4:
-                raise InterfaceError(f"interface {info.name} has no IPv4 address")
+            if not families.usable(info):
+                raise InterfaceError(f"interface {info.name} has {families.missing(info)}")
             chosen[i] = True
     verdicts = tuple(
-        Verdict(info.name, True, f"chosen with --interface, {_notes(info)}{_cidrs(info)}")
+        Verdict(
+            info.name,
+            True,
+            f"chosen with --interface, {_notes(info)}{families.addresses(info)}",
+        )
         if is_chosen
         else Verdict(
             info.name,
@@ -288,15 +380,16 @@ def _choose_wanted(
         for info, is_chosen, is_excluded in zip(candidates, chosen, excluded_flags, strict=True)
     )
     used = tuple(info for info, is_chosen in zip(candidates, chosen, strict=True) if is_chosen)
-    return Choice(used, verdicts, all(info.loopback for info in used))
+    loopback_only = all(info.loopback for info in used)
+    return Choice(used, verdicts, loopback_only, families.ipv4, families.ipv6)
 
 
-def _skip_reason(info: InterfaceInfo) -> str | None:
+def _skip_reason(info: InterfaceInfo, families: _Families) -> str | None:
     """Why the default choice skips this interface, or None to use it."""
     if not info.up:
         return "down"
-    if not info.ipv4:
-        return "no IPv4 address"
+    if not families.usable(info):
+        return families.missing(info)
     if info.loopback:
         return "loopback (used only when chosen or when nothing else exists)"
     if info.point_to_point:
@@ -315,23 +408,21 @@ def _items(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def _matches(info: InterfaceInfo, item: str) -> bool:
-    """Whether `item` is this interface's name or one of its IPv4 addresses."""
+    """Whether `item` is this interface's name or one of its addresses (IPv6 without %scope)."""
     if item == info.name:
         return True
     address = _parse_ipv4(item)
-    return address is not None and any(
-        ipaddress.IPv4Address(net.address) == address for net in info.ipv4
+    if address is not None:
+        return any(ipaddress.IPv4Address(net.address) == address for net in info.ipv4)
+    address6 = _parse_ipv6(item)
+    return address6 is not None and any(
+        ipaddress.IPv6Address(addr.address) == address6 for addr in info.ipv6
     )
 
 
 def _matches_any(info: InterfaceInfo, items: Sequence[str]) -> bool:
     """Whether any of `items` names or addresses this interface."""
     return any(_matches(info, item) for item in items)
-
-
-def _cidrs(info: InterfaceInfo) -> str:
-    """The interface's IPv4 addresses, the one lanchat joins with first."""
-    return ", ".join(net.cidr for net in info.ipv4)
 
 
 def _notes(info: InterfaceInfo) -> str:
@@ -354,7 +445,11 @@ def _inventory(infos: Sequence[InterfaceInfo]) -> str:
     if not infos:
         return "none"
     return ", ".join(
-        f"{info.name} {info.ipv4[0].address}" if info.ipv4 else f"{info.name} (no IPv4)"
+        f"{info.name} {info.ipv4[0].address}"
+        if info.ipv4
+        else f"{info.name} {ll.address}"
+        if (ll := info.link_local_ipv6) is not None
+        else f"{info.name} (no address)"
         for info in infos
     )
 
@@ -370,11 +465,19 @@ def _summary(verdicts: Sequence[Verdict]) -> str:
 
 
 def interface_for_source(used: Iterable[InterfaceInfo], source_ip: str) -> InterfaceInfo | None:
-    """The used interface whose subnet holds `source_ip`, or None (also for invalid sources)."""
+    """The used interface `source_ip` is on, or None (also for invalid sources).
+
+    IPv4: the interface whose subnet holds it. IPv6 ("fe80::1%eth0", as the node
+    reports link-local sources): a link-local source is on the interface its
+    scope names (name or index); any other on the interface with its prefix.
+    """
+    interfaces = tuple(used)
+    if ":" in source_ip:
+        return _interface_for_ipv6(interfaces, source_ip)
     address = _parse_ipv4(source_ip)
     if address is None or address.is_multicast or address.is_unspecified:
         return None
-    for info in used:
+    for info in interfaces:
         for net in info.ipv4:
             if _net_holds(net, address) and not _is_subnet_edge(net, address):
                 return info
@@ -382,12 +485,37 @@ def interface_for_source(used: Iterable[InterfaceInfo], source_ip: str) -> Inter
 
 
 def is_on_link(used: Iterable[InterfaceInfo], source_ip: str) -> bool:
-    """Whether `source_ip` is a host on a used subnet (127/8 counts when loopback is used)."""
+    """Whether `source_ip` is a host on a used link (loopback counts when loopback is used).
+
+    IPv4: a host on a used subnet. IPv6: a link-local (fe80::/10) source scoped
+    to a used interface, or an address in a used interface's on-link prefix.
+    """
     interfaces = tuple(used)
     if interface_for_source(interfaces, source_ip) is not None:
         return True
-    address = _parse_ipv4(source_ip)
+    text = source_ip.partition("%")[0]
+    address = _parse_ipv4(text) or _parse_ipv6(text)
     return address is not None and address.is_loopback and any(info.loopback for info in interfaces)
+
+
+def _interface_for_ipv6(
+    interfaces: Sequence[InterfaceInfo], source_ip: str
+) -> InterfaceInfo | None:
+    text, _, scope = source_ip.partition("%")
+    address = _parse_ipv6(text)
+    if address is None or address.is_multicast or address.is_unspecified:
+        return None
+    if address.ipv4_mapped is not None:
+        return interface_for_source(interfaces, str(address.ipv4_mapped))
+    if address.is_link_local:
+        for info in interfaces:
+            if scope and scope in (info.name, str(info.index)) and info.link_local_ipv6:
+                return info
+        return None  # a link-local address means nothing without its link
+    for info in interfaces:
+        if any(not addr.link_local and addr.contains(address) for addr in info.ipv6):
+            return info
+    return None
 
 
 def _net_holds(net: IPv4Net, address: ipaddress.IPv4Address) -> bool:
@@ -408,6 +536,14 @@ def _parse_ipv4(text: str) -> ipaddress.IPv4Address | None:
     """The IPv4 address in `text`, or None for anything else."""
     try:
         return ipaddress.IPv4Address(text)
+    except ValueError:
+        return None
+
+
+def _parse_ipv6(text: str) -> ipaddress.IPv6Address | None:
+    """The IPv6 address in `text` (no %scope), or None for anything else."""
+    try:
+        return ipaddress.IPv6Address(text)
     except ValueError:
         return None
 
@@ -590,9 +726,23 @@ def _ipv6_from_entry(entry: Mapping[str, str], index: int) -> IPv6Addr | None:
         address = ipaddress.IPv6Address(text)
     except ValueError:
         return None
+    prefixlen = _prefixlen6(entry.get("netmask"))
     if not address.is_link_local:
-        return IPv6Addr(str(address), 0, False)
-    return IPv6Addr(str(address), int(scope) if scope.isdigit() else index, True)
+        return IPv6Addr(str(address), 0, False, prefixlen)
+    return IPv6Addr(str(address), int(scope) if scope.isdigit() else index, True, prefixlen)
+
+
+def _prefixlen6(netmask: str | None) -> int:
+    """The prefix length of an IPv6 netmask ("ffff:ffff:ffff:ffff::/64" or "64"); 64 if unknown."""
+    if not netmask:
+        return 64
+    text = netmask.rpartition("/")[2] if "/" in netmask else netmask
+    if text.isdigit() and 0 <= int(text) <= 128:
+        return int(text)
+    try:
+        return ipaddress.IPv6Network(f"::/{text}").prefixlen
+    except ValueError:
+        return 64
 
 
 def _prefixlen(netmask: str | None) -> int:

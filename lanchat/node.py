@@ -5,10 +5,18 @@
         async for event in node.events():
             print(event)
 
-One multicast receive socket (shared port, address reuse) joined on every
-chosen interface by address; one multicast send socket per interface; one
-unicast socket on an ephemeral port. Exactly one `loop.call_at` timer handle,
-re-armed after every receive and send.
+Per address family, one multicast receive socket (shared port, address reuse):
+IPv4 joins its group on every chosen interface by address, IPv6 its link-local
+group (`config.ipv6_group`, ff02::efff:4c43 by default) by interface index. One
+multicast send socket per interface and family; one unicast socket on an
+ephemeral port, dual-stack when IPv6 is on (IPv4 sources show as plain IPv4,
+link-local IPv6 ones as "fe80::1%eth0"). Exactly one `loop.call_at` timer
+handle, re-armed after every receive and send.
+
+The OS refusing something becomes one line for people: at start a
+`NetworkError` (what failed, why, the fix); while running a
+`NetworkErrorReported` event per interface and error, and the node goes on
+with the other interfaces (the interface poll drops a vanished one).
 
 Interfaces come and go while a node runs (cables, Wi-Fi, VPNs, containers):
 every `INTERFACE_POLL_INTERVAL` seconds, and on `refresh_interfaces()`, the node
@@ -54,6 +62,13 @@ if TYPE_CHECKING:  # sqlite3 is imported only by a node that keeps history
 # Events kept for a subscriber that does not read; the oldest are dropped past it.
 _MAX_QUEUED_EVENTS: Final = 10_000
 _IP_MULTICAST_ALL: Final = 49  # Linux: deliver only groups this socket joined
+_IPV6_MULTICAST_ALL: Final = 29  # the same for IPv6 (Linux 4.20+; older ones ignore it)
+# A send error on one interface is reported at once, then at most every 10 s with
+# a count: a vanished interface fails every datagram (~5 a second) until the poll
+# (every 2 s) drops it, and a firewall fails them for as long as it stands.
+_ERROR_REPORT_GAP: Final = 10.0
+# Interfaces and errors reported; a flapping set of interfaces cannot grow it.
+_MAX_ERROR_KEYS: Final = 64
 _RECV_BUFFER: Final = 1 << 20  # 1 MiB absorbs bursts of ~800 full datagrams
 # Query answers arrive within ~0.5 s (three queries, answers spread by <= 0.5 s);
 # a name looked up this soon after start waits for them instead of failing.
@@ -65,16 +80,62 @@ _DISCOVERY_GRACE: Final = 1.5
 INTERFACE_POLL_INTERVAL: Final = 2.0
 
 
-def _os_error(action: str, exc: OSError) -> NetworkError:
-    hints = {
-        errno.EADDRINUSE: "another program holds the port without address reuse",
-        errno.EACCES: "permission denied (ports below 1024 need privileges)",
-        errno.ENODEV: "the interface does not exist (any more)",
-        errno.EADDRNOTAVAIL: "the address is not on this machine (any more)",
-        errno.ENETUNREACH: "the network is unreachable from this interface",
-    }
-    hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
-    return NetworkError(exc.errno or 0, f"cannot {action}: {hint}")
+def _bind_hint(exc: OSError, port: int) -> str:
+    """Why binding a port failed, and the fix."""
+    match exc.errno:
+        case errno.EADDRINUSE:
+            return (
+                f"another program holds UDP port {port} without address reuse "
+                f"(find it: ss -ulpn 'sport = :{port}'; or choose another --port)"
+            )
+        case errno.EACCES | errno.EPERM:
+            return (
+                f"permission denied for UDP port {port} (ports below 1024 need root "
+                "or CAP_NET_BIND_SERVICE: choose --port 1024 or above)"
+            )
+        case errno.EAFNOSUPPORT:
+            return "IPv6 is turned off on this machine (use --ipv4-only)"
+    return exc.strerror or str(exc)
+
+
+def _join_hint(exc: OSError) -> str:
+    """Why joining a group on an interface failed, and the fix."""
+    match exc.errno:
+        case errno.ENODEV | errno.EADDRNOTAVAIL | errno.ENXIO:
+            return "the interface or its address is gone (see `lanchat interfaces`)"
+        case errno.ENOBUFS:
+            return (
+                "the kernel's limit of group memberships is reached (sysctl igmp_max_memberships)"
+            )
+        case errno.EACCES | errno.EPERM:
+            return "permission denied (a security policy forbids multicast)"
+    return exc.strerror or str(exc)
+
+
+def _send_hint(exc: OSError, where: str) -> str:
+    """Why a send failed on `where` (an interface, or "unicast"), and what to do."""
+    match exc.errno:
+        case errno.EACCES | errno.EPERM:
+            return (
+                "a firewall refuses it (allow UDP to and from lanchat's port in its output rules)"
+            )
+        case errno.ENETUNREACH | errno.EHOSTUNREACH:
+            return "the network is unreachable (link down or interface gone? see `lanchat doctor`)"
+        case errno.ENODEV | errno.EADDRNOTAVAIL | errno.ENXIO:
+            return f"{where} or its address is gone (it is dropped at the next interface poll)"
+        case errno.ENOBUFS | errno.EAGAIN:
+            return "the send queue is full (a flood, or a link that is down): datagrams are lost"
+        case errno.EMSGSIZE:
+            return "the datagram is larger than the link's MTU"
+    return exc.strerror or str(exc)
+
+
+def _os_error(action: str, exc: OSError, hint: str | None = None) -> NetworkError:
+    return NetworkError(exc.errno or 0, f"cannot {action}: {hint or exc.strerror or str(exc)}")
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 class _Receiver(asyncio.DatagramProtocol):
@@ -82,10 +143,45 @@ class _Receiver(asyncio.DatagramProtocol):
         self.node = node
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.node._on_datagram(data, (addr[0], addr[1]))
+        self.node._on_datagram(data, (addr[0], addr[1]) if len(addr) == 2 else _source6(addr))
 
     def error_received(self, exc: Exception) -> None:
         self.node.send_errors += 1
+
+
+class _Sender(_Receiver):
+    """The protocol of a send socket: its errors are reported with the interface's name."""
+
+    def __init__(self, node: Node, where: str) -> None:
+        super().__init__(node)
+        self.where = where
+
+    def error_received(self, exc: Exception) -> None:
+        self.node.send_errors += 1
+        if isinstance(exc, OSError):
+            self.node._report_send_error(self.where, exc)
+
+
+_scope_names: dict[int, str] = {}
+
+
+def _source6(addr: tuple[Any, ...]) -> Address:
+    """An IPv6 source as the core sees it: mapped IPv4 plain, link-local with "%ifname"."""
+    host, port = str(addr[0]), int(addr[1])
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:], port
+    scope = int(addr[3]) if len(addr) > 3 else 0
+    if scope and "%" not in host:
+        name = _scope_names.get(scope)
+        if name is None:
+            try:
+                name = socket.if_indextoname(scope)
+            except OSError:
+                name = str(scope)  # the interface is gone; the index still routes nowhere
+            if len(_scope_names) < _MAX_ERROR_KEYS:
+                _scope_names[scope] = name
+        host = f"{host}%{name}"
+    return host, port
 
 
 class Node:
@@ -111,9 +207,22 @@ class Node:
         keys: Sequence[bytes] = (),
         interface_poll_interval: float | None = INTERFACE_POLL_INTERVAL,
         history: bool | Path = False,
+        ipv4_only: bool = False,
+        ipv6_only: bool = False,
     ) -> None:
-        """`history`: True keeps messages in the user's history file, a Path in that file."""
+        """`history`: True keeps messages in the user's history file, a Path in that file.
+
+        `ipv4_only` / `ipv6_only`: use one address family (default: both, each on
+        the interfaces that have an address of it).
+        """
+        if ipv4_only and ipv6_only:
+            raise ConfigError("--ipv4-only and --ipv6-only exclude each other: choose one")
+        self.ipv4 = not ipv6_only
+        self.ipv6 = not ipv4_only and socket.has_ipv6
+        if not self.ipv6 and ipv6_only:
+            raise ConfigError("--ipv6-only: this Python has no IPv6 support")
         self.group = cfg.check_group(group)
+        self.group6 = cfg.ipv6_group(self.group)
         self.port = cfg.check_port(port)
         if not 1 <= ttl <= 255:
             raise ConfigError(f"ttl {ttl} is not in 1..255")
@@ -134,7 +243,7 @@ class Node:
         self._wanted = tuple(interfaces)
         self._excluded = tuple(exclude_interfaces)
         self._poll_interval = interface_poll_interval
-        self.choice = netif.choose_interfaces(netif.read_interfaces(), self._wanted, self._excluded)
+        self.choice = self._choose(netif.read_interfaces())
         self.keys = KeyRing(tuple(keys)) if keys else None
         if history is True:
             from lanchat.history import default_path
@@ -150,6 +259,9 @@ class Node:
         self._transports: list[asyncio.DatagramTransport] = []
         self._unicast: asyncio.DatagramTransport | None = None
         self._rx: socket.socket | None = None  # the group socket, for joining and leaving
+        self._rx6: socket.socket | None = None  # the IPv6 group socket
+        self._unicast_family = socket.AF_INET
+        self._error_reports: dict[tuple[str, int], tuple[float, int]] = {}  # last report, count
         self._senders: dict[netif.InterfaceAddress, asyncio.DatagramTransport] = {}
         self._refresh_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -192,6 +304,10 @@ class Node:
         except BaseException:
             self._close_sockets()
             self._close_history()
+            if self._lease is not None:  # a failed start holds no identity slot
+                self._lease.release()
+                self._lease = None
+                self._identity = None
             raise
         assert self._unicast is not None
         uport = self._unicast.get_extra_info("sockname")[1]
@@ -245,53 +361,128 @@ class Node:
             transport.close()
         self._transports.clear()
         self._senders.clear()
-        self._rx = None
+        self._rx = self._rx6 = None
 
-    async def _open_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
-        wanted = self.choice.joined
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    def _choose(self, infos: Sequence[netif.InterfaceInfo]) -> netif.Choice:
+        return netif.choose_interfaces(
+            infos, self._wanted, self._excluded, ipv4=self.ipv4, ipv6=self.ipv6
+        )
+
+    def _open_group_socket(self, family: socket.AddressFamily) -> socket.socket:
+        """The socket receiving one family's group on the shared port (NetworkError if refused)."""
+        name = "IPv6 group" if family == socket.AF_INET6 else "group"
+        try:
+            rx = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        except OSError as exc:
+            raise _os_error(f"open the {name} socket", exc, _bind_hint(exc, self.port)) from exc
         try:
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if hasattr(socket, "SO_REUSEPORT"):
                 rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             with contextlib.suppress(OSError):
                 rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-            if sys.platform.startswith("linux"):
+            if family == socket.AF_INET6:
+                rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if sys.platform.startswith("linux"):
+                    with contextlib.suppress(OSError):  # older kernels deliver every group
+                        rx.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
+                # A link-local group cannot be bound without a scope (one interface):
+                # bind the port; the joins choose the interfaces.
+                rx.bind(("::", self.port))
+            elif sys.platform.startswith("linux"):
                 rx.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
                 rx.bind((self.group, self.port))
             else:  # pragma: no cover - other systems cannot bind a group address
                 rx.bind(("", self.port))
         except OSError as exc:
             rx.close()
-            raise _os_error(f"open the group port {self.port}", exc) from exc
-        await self._endpoint(loop, rx)
-        self._rx = rx
+            hint = _bind_hint(exc, self.port)
+            raise _os_error(f"open the {name} port {self.port}", exc, hint) from exc
+        return rx
+
+    def _open_unicast_socket(self) -> socket.socket:
+        """The unicast socket: dual-stack when IPv6 is on and the OS allows it."""
+        families = [socket.AF_INET6] if self.ipv6 else []
+        if self.ipv4:
+            families.append(socket.AF_INET)
+        error: OSError | None = None
+        for family in families:
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+            except OSError as exc:  # IPv6 turned off in the kernel: IPv4 alone
+                error = exc
+                continue
+            try:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not self.ipv4))
+                    sock.bind(("::", 0))
+                else:
+                    sock.bind(("0.0.0.0", 0))
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            self._unicast_family = family
+            return sock
+        assert error is not None
+        raise _os_error("open the unicast socket", error, _bind_hint(error, 0))
+
+    async def _open_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
+        wanted = self.choice.joined
+        if self.ipv4:
+            self._rx = self._open_group_socket(socket.AF_INET)
+            await self._endpoint(loop, self._rx)
+        if self.ipv6:
+            try:
+                self._rx6 = self._open_group_socket(socket.AF_INET6)
+            except NetworkError as exc:
+                if self.ipv4 and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    self.ipv6 = False  # IPv6 is off in this kernel: IPv4 alone, as asked
+                    wanted = tuple(where for where in wanted if not where.ipv6)
+                else:
+                    raise
+            else:
+                await self._endpoint(loop, self._rx6)
         joined = []
         for where in wanted:
             try:
                 self._membership(where, join=True)
             except OSError as exc:
                 self.interface_errors += 1
+                problem = _os_error(
+                    f"join {self._group_of(where)} on {where}", exc, _join_hint(exc)
+                )
                 if len(wanted) == 1:
-                    raise _os_error(f"join {self.group} on {where.address}", exc) from exc
+                    raise problem from exc
+                self._report(str(where), exc, str(problem))
                 continue  # tried again at the next interface poll
             joined.append(where)
         if not joined:
             raise NetworkError(0, f"cannot join {self.group} on any interface")
-        tx_unicast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        with contextlib.suppress(OSError):
-            tx_unicast.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-        tx_unicast.bind(("0.0.0.0", 0))
-        self._unicast = await self._endpoint(loop, tx_unicast)
+        self._unicast = await self._endpoint(loop, self._open_unicast_socket())
         for where in joined:
             try:
-                self._senders[where] = await self._open_sender(loop, where.address)
+                self._senders[where] = await self._open_sender(loop, where)
             except OSError as exc:
-                raise _os_error(f"send multicast from {where.address}", exc) from exc
+                hint = _send_hint(exc, where.name)
+                raise _os_error(f"send multicast from {where}", exc, hint) from exc
+
+    def _group_of(self, where: netif.InterfaceAddress) -> str:
+        return self.group6 if where.ipv6 else self.group
 
     def _membership(self, where: netif.InterfaceAddress, *, join: bool) -> None:
         """Join or leave the group on one interface (OSError if the OS refuses)."""
-        assert self._rx is not None
+        if where.ipv6:
+            if self._rx6 is None:
+                raise OSError(errno.EAFNOSUPPORT, "IPv6 is off")
+            mreq = socket.inet_pton(socket.AF_INET6, self.group6) + struct.pack("@I", where.index)
+            option = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
+            self._rx6.setsockopt(socket.IPPROTO_IPV6, option, mreq)
+            return
+        if self._rx is None:
+            raise OSError(errno.EAFNOSUPPORT, "IPv4 is off")
         group = socket.inet_aton(self.group) + socket.inet_aton(where.address)
         if join:
             self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
@@ -304,19 +495,29 @@ class Node:
             self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, group)
 
     async def _open_sender(
-        self, loop: asyncio.AbstractEventLoop, address: str
+        self, loop: asyncio.AbstractEventLoop, where: netif.InterfaceAddress
     ) -> asyncio.DatagramTransport:
-        """A socket sending to the group from `address` (OSError if the OS refuses)."""
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        """A socket sending to the group from `where` (OSError if the OS refuses)."""
+        address = where.address
+        tx = socket.socket(_family(address), socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         try:
-            tx.bind((address, 0))
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            if where.ipv6:
+                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # Bound to the link-local address: a tentative one (duplicate address
+                # detection, ~1-2 s after link up) refuses, and the next poll tries again.
+                tx.bind((address, 0, 0, where.index))
+                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, where.index)
+                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, self.ttl)
+                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+            else:
+                tx.bind((address, 0))
+                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
+                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         except BaseException:
             tx.close()
             raise
-        return await self._endpoint(loop, tx)
+        return await self._endpoint(loop, tx, _Sender(self, str(where)))
 
     async def _add_interface(
         self, loop: asyncio.AbstractEventLoop, where: netif.InterfaceAddress
@@ -324,7 +525,7 @@ class Node:
         """Join the group on `where` and open its send socket, or neither (OSError)."""
         self._membership(where, join=True)
         try:
-            self._senders[where] = await self._open_sender(loop, where.address)
+            self._senders[where] = await self._open_sender(loop, where)
         except BaseException:
             with contextlib.suppress(OSError):
                 self._membership(where, join=False)
@@ -341,10 +542,14 @@ class Node:
             self._membership(where, join=False)
 
     async def _endpoint(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: _Receiver | None = None,
     ) -> asyncio.DatagramTransport:
         sock.setblocking(False)
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
+        made = protocol or _Receiver(self)
+        transport, _ = await loop.create_datagram_endpoint(lambda: made, sock=sock)
         self._transports.append(transport)
         return transport
 
@@ -392,14 +597,54 @@ class Node:
             queue.put_nowait(event)
 
     def _send(self, dgram: Datagram) -> None:
+        """Send one datagram; an error on one interface stops neither the node nor the others."""
+        if dgram.to is None:
+            for where, tx in self._senders.items():
+                target = (self.group6, self.port, 0, where.index) if where.ipv6 else (
+                    self.group, self.port)  # fmt: skip
+                try:
+                    tx.sendto(dgram.data, target)
+                except OSError as exc:  # asyncio reports most via _Sender.error_received
+                    self.send_errors += 1
+                    self._report_send_error(str(where), exc)
+            return
+        if self._unicast is None:
+            return
+        ip, port = dgram.to
+        if self._unicast_family == socket.AF_INET6 and ":" not in ip:
+            ip = "::ffff:" + ip  # the dual-stack socket sends IPv4 as mapped addresses
+        elif self._unicast_family == socket.AF_INET and ":" in ip:
+            self.send_errors += 1  # an IPv6 peer, heard before --ipv4-only... cannot be
+            return
         try:
-            if dgram.to is None:
-                for tx in self._senders.values():
-                    tx.sendto(dgram.data, (self.group, self.port))
-            elif self._unicast is not None:
-                self._unicast.sendto(dgram.data, dgram.to)
-        except OSError:
+            self._unicast.sendto(dgram.data, (ip, port))
+        except (OSError, ValueError) as exc:  # ValueError: a scope that names no interface
             self.send_errors += 1
+            if isinstance(exc, OSError):
+                self._report_send_error("unicast", exc)
+
+    def _report_send_error(self, where: str, exc: OSError) -> None:
+        destination = "the group" if where != "unicast" else "a peer"
+        line = f"cannot send to {destination} on {where}: {_send_hint(exc, where)}"
+        if where == "unicast":
+            line = f"cannot send to a peer: {_send_hint(exc, 'its interface')}"
+        self._report(where if where != "unicast" else "", exc, line)
+
+    def _report(self, where: str, exc: OSError, line: str) -> None:
+        """Publish a `NetworkErrorReported` now, or count it if this one was reported < 10 s ago."""
+        if self._loop is None:
+            return
+        key = (where, exc.errno or 0)
+        now = self._now()
+        last, count = self._error_reports.get(key, (-_ERROR_REPORT_GAP, 0))
+        count += 1
+        if now - last < _ERROR_REPORT_GAP:
+            self._error_reports[key] = (last, count)
+            return
+        if key not in self._error_reports and len(self._error_reports) >= _MAX_ERROR_KEYS:
+            del self._error_reports[next(iter(self._error_reports))]  # oldest first
+        self._error_reports[key] = (now, 0)
+        self._publish(ev.NetworkErrorReported(where, exc.errno or 0, count, line))
 
     def _require(self) -> NodeCore:
         if self._core is None:
@@ -445,18 +690,22 @@ class Node:
                 self.interface_errors += 1
                 return None
             try:
-                choice = netif.choose_interfaces(infos, self._wanted, self._excluded)
+                choice = self._choose(infos)
             except InterfaceError:  # nothing usable: leave everything, keep polling
                 choice = netif.Choice(used=(), verdicts=(), loopback_only=False)
-            change = netif.diff(self._senders, choice.joined)
+            joined = choice.joined if self.ipv6 else tuple(w for w in choice.joined if not w.ipv6)
+            change = netif.diff(self._senders, joined)
             for where in change.removed:
                 self._remove_interface(where)
             added = []
             for where in change.added:
                 try:
                     await self._add_interface(loop, where)
-                except OSError:
+                except OSError as exc:
                     self.interface_errors += 1  # not joined: tried again at the next poll
+                    if not (where.ipv6 and exc.errno == errno.EADDRNOTAVAIL):  # DAD: wait
+                        line = f"cannot join {self._group_of(where)} on {where}: {_join_hint(exc)}"
+                        self._report(str(where), exc, line)
                     continue
                 added.append(where)
             self.choice = choice

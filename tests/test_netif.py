@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 from lanchat.errors import ConfigError, InterfaceError
 from lanchat.netif import (
     Choice,
+    InterfaceAddress,
     InterfaceInfo,
     IPv4Net,
+    IPv6Addr,
     _interface_from_raw,
     _read_sys_hints,
     _SysHints,
@@ -440,3 +443,91 @@ def test_read_interfaces_on_this_machine() -> None:
     assert lo.virtual_kind is None
     choice = choose_interfaces(infos)
     assert [v.name for v in choice.verdicts] == [info.name for info in infos]
+
+
+# --- IPv6: the choice per family --------------------------------------------
+
+
+def ll(address: str, index: int) -> IPv6Addr:
+    return IPv6Addr(address, index, True)
+
+
+DUAL = dataclasses.replace(ETH0, ipv6=(IPv6Addr("fd00::7", 0, False), ll("fe80::7", 2)))
+V6_ONLY = dataclasses.replace(nic("eth1", index=8), ipv6=(ll("fe80::8", 8),))
+GLOBAL_V6_ONLY = dataclasses.replace(
+    nic("eth2", index=9), ipv6=(IPv6Addr("2001:db8::9", 0, False),)
+)
+
+
+def test_dual_stack_interface_is_joined_once_per_family() -> None:
+    choice = choose_interfaces((LO, DUAL, V6_ONLY, DOCKER0))
+    assert used_names(choice) == ["eth0", "eth1"]
+    assert choice.joined == (
+        InterfaceAddress("eth0", "192.168.1.7", 2),
+        InterfaceAddress("eth0", "fe80::7", 2),
+        InterfaceAddress("eth1", "fe80::8", 8),
+    )
+    assert [where.ipv6 for where in choice.joined] == [False, True, True]
+    assert reasons(choice)["eth0"] == "up, multicast, 192.168.1.7/24, fe80::7%eth0"
+    assert reasons(choice)["eth1"] == "up, multicast, fe80::8%eth1"
+    assert choice.uses_ipv6(DUAL) and choice.uses_ipv4(DUAL)
+    assert choice.uses_ipv6(V6_ONLY) and not choice.uses_ipv4(V6_ONLY)
+    assert choice.addresses == ("192.168.1.7",)
+
+
+def test_ipv4_only_and_ipv6_only_choose_per_family() -> None:
+    v4 = choose_interfaces((LO, DUAL, V6_ONLY), ipv6=False)
+    assert used_names(v4) == ["eth0"] and [w.address for w in v4.joined] == ["192.168.1.7"]
+    assert reasons(v4)["eth1"] == "no IPv4 address (IPv6 link-local only: drop --ipv4-only)"
+    v6 = choose_interfaces((LO, DUAL, V6_ONLY, WLAN0), ipv4=False)
+    assert used_names(v6) == ["eth0", "eth1"]
+    assert [w.address for w in v6.joined] == ["fe80::7", "fe80::8"]
+    assert reasons(v6)["wlan0"] == "no IPv6 link-local address (IPv4 only: drop --ipv6-only)"
+    assert reasons(v6)["lo"].startswith("no IPv6 link-local address")
+    with pytest.raises(InterfaceError, match="both turned off"):
+        choose_interfaces((DUAL,), ipv4=False, ipv6=False)
+
+
+def test_ipv6_needs_a_link_local_address_and_an_index() -> None:
+    choice = choose_interfaces((LO, GLOBAL_V6_ONLY))
+    assert reasons(choice)["eth2"] == "no IPv4 or IPv6 link-local address"
+    assert choice.loopback_only
+    no_index = dataclasses.replace(V6_ONLY, index=0)
+    assert no_index.link_local_ipv6 is None
+    with pytest.raises(InterfaceError, match=r"^interface eth1 has no IPv6 link-local address$"):
+        choose_interfaces((no_index,), ["eth1"], ipv4=False)
+    with pytest.raises(InterfaceError, match="no usable network interface"):
+        choose_interfaces((LO, V6_ONLY), ipv4=False, excluded=["eth1"])
+
+
+def test_interfaces_can_be_named_by_ipv6_address() -> None:
+    choice = choose_interfaces((DUAL, V6_ONLY), ["fe80::8"])
+    assert used_names(choice) == ["eth1"]
+    assert reasons(choice)["eth1"] == "chosen with --interface, fe80::8%eth1"
+
+
+def test_ipv6_sources_on_link() -> None:
+    used = (DUAL, V6_ONLY)
+    assert interface_for_source(used, "fe80::1%eth1") is V6_ONLY
+    assert interface_for_source(used, "fe80::1%2") is DUAL  # a numeric scope is an index
+    assert interface_for_source(used, "fe80::1") is None  # no link: nowhere
+    assert interface_for_source(used, "fe80::1%eth7") is None
+    assert interface_for_source(used, "fd00::99") is DUAL  # in eth0's /64
+    assert interface_for_source(used, "2001:db8::1") is None
+    assert interface_for_source(used, "::ffff:192.168.1.20") is DUAL
+    assert interface_for_source(used, "ff02::1%eth0") is None
+    assert is_on_link(used, "fe80::1%eth0")
+    assert not is_on_link(used, "2001:db8::1")
+    assert not is_on_link(used, "::1")
+    assert is_on_link((*used, LO), "::1")
+
+
+def test_raw_ipv6_prefix_lengths() -> None:
+    inet6 = [
+        {"addr": "fd00::2", "netmask": "ffff:ffff:ffff:ff00::/56"},
+        {"addr": "fe80::2%eth0", "netmask": "64"},
+        {"addr": "fd00:1::2"},
+    ]
+    info = _interface_from_raw("eth0", 4, [], inet6, _SysHints(0x1003, 1))
+    assert [a.prefixlen for a in info.ipv6] == [56, 64, 64]
+    assert info.link_local_ipv6 == IPv6Addr("fe80::2", 4, True)
