@@ -175,3 +175,14 @@ TOTAL_BURST: Final = 10000.0
 # Answer credit per source IP is capped at 16 KB: ~400 acks or 20 query answers
 # in a row, while a source that once sent a lot cannot bank an unlimited burst.
 ANSWER_CREDIT_MAX: Final = 16384
+# New peers, i.e. Beats of unknown peer ids taken into the peer table: 8 at once
+# and one per 2 s per source address (a host runs one lanchat per user; eight
+# users starting together, a restart keeps its peer id), 512 at once and 64 a
+# second in total (a newcomer learns a 512-peer LAN from its first query; a whole
+# floor booting together is known within seconds). A refused Beat is repeated
+# by its peer within a second. One host can so invent at most a peer per 2 s:
+# the table, whose every entry costs timers and pings, stays real peers'.
+NEW_PEERS_PER_SOURCE_BURST: Final = 8.0
+NEW_PEERS_PER_SOURCE_RATE: Final = 0.5
+NEW_PEERS_BURST: Final = 512.0
+NEW_PEERS_RATE: Final = 64.0

@@ -139,8 +139,9 @@ class Stats:
     rate_limited: int = 0  # queries not answered: the querier was answered < 20 ms ago
     flooded: int = 0  # dropped undecoded: the source IP was over its rate (section 13)
     overloaded: int = 0  # dropped undecoded: a stranger while the total rate was exceeded
+    refused: int = 0  # Beats of new peers past the new-peer rate (section 13)
     off_link: int = 0  # dropped: the source is not on a subnet of ours (and the TTL is 1)
-    unanswered: int = 0  # answers not sent: more bytes than the source has sent us
+    withheld: int = 0  # answers and pings not sent: more bytes than their destination sent us
     nacks_sent: int = 0  # repair requests this node multicast
     nacks_suppressed: int = 0  # holes not asked for: another receiver's Nack did
     repairs_sent: int = 0  # own stream datagrams sent again on request
@@ -529,6 +530,9 @@ class NodeCore:
             if pending.peer == msg.sender:
                 pending.heard_since = True
         if isinstance(msg, codec.Beat):
+            if self.members.get(msg.sender) is None and not self.limits.admit_peer(ip, now):
+                self.stats.refused += 1  # a new peer past the new-peer rate (section 13)
+                return
             self._emit(self.members.on_beat(msg, ip, now))
             rec = self.members.get(msg.sender)
             if rec is not None:
@@ -602,7 +606,7 @@ class NodeCore:
         if self.limits.spend(to[0], len(data) + self._growth):
             self._out.append(Datagram(data, to))
         else:
-            self.stats.unanswered += 1
+            self.stats.withheld += 1
 
     def _count_drop(self, reason: str, source: Address, now: float) -> None:
         counter = _DROP_COUNTERS.get(reason, "malformed")
@@ -678,12 +682,21 @@ class NodeCore:
         if self.limits.spend(to[0], len(data) + self._growth):
             self._out.append(Datagram(data, to))
         else:
-            self.stats.unanswered += 1
+            self.stats.withheld += 1
 
     def _ping(self, rec: PeerRecord) -> None:
+        """Ping a silent peer at each of its addresses that has sent us a Ping's worth.
+
+        Charged like an answer: a Beat with a forged source address buys a few
+        pings of that address, never more bytes than the Beat itself.
+        """
         self._ping_token += 1
         data = codec.encode(codec.Ping(self._id, self._inst, self._ping_token))
-        self._out.extend(Datagram(data, dest) for dest in rec.destinations())
+        for dest in rec.destinations():
+            if self.limits.spend(dest[0], len(data) + self._growth):
+                self._out.append(Datagram(data, dest))
+            else:
+                self.stats.withheld += 1
 
     def _fire(self, kind: str, key: int, now: float) -> None:
         if kind == "query":

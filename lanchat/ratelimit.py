@@ -9,6 +9,9 @@ Three rules, applied to every datagram before it is decoded (PROTOCOL.md section
   `cfg.TOTAL_BURST`) caps the work many sources together can cause. When it is
   empty only *strangers* are refused: a datagram whose (cleartext) sender id is
   a known peer still goes in, so presence and chat of known peers come first.
+* **New peers**: a Beat of an unknown peer adds it to the table only within
+  `cfg.NEW_PEERS_PER_SOURCE_*` for its source and `cfg.NEW_PEERS_*` in total, so
+  one host cannot fill the peer table (and its timers) with invented peers.
 * **Answer credit**: every admitted datagram credits its source IP with its
   size; every unicast answer to that IP (query answer, Pong, Ack) spends its
   size and is not sent when the credit falls short. So no source ever gets
@@ -47,6 +50,8 @@ class _Source:
     tokens: float
     stamp: float
     credit: int = 0
+    peers: float = cfg.NEW_PEERS_PER_SOURCE_BURST  # new peers it may still introduce
+    peers_stamp: float = 0.0
 
 
 class Limits:
@@ -69,6 +74,8 @@ class Limits:
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._total = total_burst
         self._total_stamp = float("-inf")
+        self._new_peers = cfg.NEW_PEERS_BURST
+        self._new_peers_stamp = float("-inf")
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -106,6 +113,26 @@ class Limits:
         credit = source.credit + size
         source.credit = credit if credit < self.max_credit else self.max_credit
         return ADMITTED
+
+    def admit_peer(self, ip: str, now: float) -> bool:
+        """Whether a Beat from ip (already admitted) may add a new peer to the table."""
+        if is_loopback(ip):
+            return True
+        source = self._sources.get(ip)
+        if source is None:
+            return False  # forgotten since admit: a table churned by a flood of addresses
+        burst, rate = cfg.NEW_PEERS_PER_SOURCE_BURST, cfg.NEW_PEERS_PER_SOURCE_RATE
+        tokens = min(burst, source.peers + (now - source.peers_stamp) * rate)
+        total = min(
+            cfg.NEW_PEERS_BURST,
+            self._new_peers + (now - self._new_peers_stamp) * cfg.NEW_PEERS_RATE,
+        )
+        source.peers_stamp = self._new_peers_stamp = now
+        if tokens < 1.0 or total < 1.0:
+            source.peers, self._new_peers = tokens, total
+            return False
+        source.peers, self._new_peers = tokens - 1.0, total - 1.0
+        return True
 
     def spend(self, ip: str, size: int) -> bool:
         """Take `size` bytes of ip's answer credit; False (nothing taken) if it has less."""
