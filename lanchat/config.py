@@ -168,3 +168,33 @@ class NodeConfig:
             raise ConfigError("unreachable timeout must be at least 1.5 heartbeat intervals")
         if self.remove_after <= self.unreachable_after:
             raise ConfigError("removal timeout must be longer than the unreachable timeout")
+
+
+# Flood limits (lanchat.ratelimit, PROTOCOL.md section 13), checked before a
+# datagram is decoded. One source IP may send 1000 datagrams a second, 2000 at
+# once: twice the busiest honest sender (a node repairing at its full 256/s with
+# each repair repeated, 512/s) and room for a pasted burst of 2000 chat lines.
+# A flooding host costs the node ~1 us per datagram past that (bench: ~40,000
+# drops/s per core), so a 20,000/s flood takes ~10 % of one core.
+SOURCE_RATE: Final = 1000.0
+SOURCE_BURST: Final = 2000.0
+# All sources together, 10,000 datagrams a second, as many at once: 4096 peers
+# beating once a second plus their chat take about half of it, and full handling
+# (~10-20 us each) of the whole budget stays under a fifth of one core. Past it
+# only datagrams claiming a known peer as sender are taken (presence first).
+TOTAL_RATE: Final = 10000.0
+TOTAL_BURST: Final = 10000.0
+# Answer credit per source IP is capped at 16 KB: ~400 acks or 20 query answers
+# in a row, while a source that once sent a lot cannot bank an unlimited burst.
+ANSWER_CREDIT_MAX: Final = 16384
+# New peers, i.e. Beats of unknown peer ids taken into the peer table: 8 at once
+# and one per 2 s per source address (a host runs one lanchat per user; eight
+# users starting together, a restart keeps its peer id), 512 at once and 64 a
+# second in total (a newcomer learns a 512-peer LAN from its first query; a whole
+# floor booting together is known within seconds). A refused Beat is repeated
+# by its peer within a second. One host can so invent at most a peer per 2 s:
+# the table, whose every entry costs timers and pings, stays real peers'.
+NEW_PEERS_PER_SOURCE_BURST: Final = 8.0
+NEW_PEERS_PER_SOURCE_RATE: Final = 0.5
+NEW_PEERS_BURST: Final = 512.0
+NEW_PEERS_RATE: Final = 64.0

@@ -16,14 +16,16 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from lanchat import codec
+import msgpack
+
+from lanchat import codec, ratelimit
 from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.codec import DecodeError
 from lanchat.config import NodeConfig
 from lanchat.errors import ClosedError, ConfigError, PeerError
 from lanchat.membership import Membership, PeerRecord, Timeouts
-from lanchat.seal import KeyRing, Opener, Sealer
+from lanchat.seal import SEALED_HEADER, TAG_BYTES, KeyRing, Opener, Sealer
 
 Address = tuple[str, int]
 
@@ -85,6 +87,13 @@ _REPAIR_BURST: Final = 256.0
 _REPAIR_RATE: Final = 256.0
 # Requesters remembered for the per-peer bucket (one small entry per peer id).
 _MAX_REQUESTERS: Final = 1024
+# Sealing moves sender (10 bytes as msgpack) and instance out of the body into
+# a 28-byte header and adds a 16-byte tag: a keyed node's answer is charged
+# _SEAL_GROWTH minus its instance's msgpack size more (21 bytes for a real node).
+_SEAL_GROWTH: Final = SEALED_HEADER + TAG_BYTES - len(codec.HEADER) - 2 - codec.ID_BYTES
+# Where a plain datagram made by codec.encode holds its sender id: header (4),
+# array header, type, then bin8 of length 8. A sealed one holds it at 6..14.
+_PLAIN_ID_TAG: Final = b"\xc4\x08"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +136,27 @@ class Stats:
     duplicates: int = 0
     stale: int = 0  # from an older instance of a known peer
     unexpected: int = 0  # valid but not for us (e.g. an ack we never asked for)
-    rate_limited: int = 0
+    rate_limited: int = 0  # queries not answered: the querier was answered < 20 ms ago
+    flooded: int = 0  # dropped undecoded: the source IP was over its rate (section 13)
+    overloaded: int = 0  # dropped undecoded: a stranger while the total rate was exceeded
+    refused: int = 0  # Beats of new peers past the new-peer rate (section 13)
+    off_link: int = 0  # dropped: the source is not on a subnet of ours (and the TTL is 1)
+    withheld: int = 0  # answers and pings not sent: more bytes than their destination sent us
     nacks_sent: int = 0  # repair requests this node multicast
     nacks_suppressed: int = 0  # holes not asked for: another receiver's Nack did
     repairs_sent: int = 0  # own stream datagrams sent again on request
     repairs_held: int = 0  # requested again within REPAIR_HOLDOFF: not resent
     gone_sent: int = 0  # answers that requested seqs are out of the repair window
     lost: int = 0  # seqs of other peers' streams reported in MessagesLost
+
+
+def _peek_sender(data: bytes) -> bytes | None:
+    """The sender id of a datagram, read without decoding (None if not where encode puts it)."""
+    if len(data) < 16 or data[:2] != codec.MAGIC:
+        return None
+    if data[3] & codec.FLAG_SEALED:
+        return data[6:14]
+    return data[8:16] if data[6:8] == _PLAIN_ID_TAG else None
 
 
 class SeqWindow:
@@ -261,13 +284,16 @@ class NodeCore:
         self._ping_token = 0
         self._stream_windows: OrderedDict[tuple[bytes, int], SeqWindow] = OrderedDict()
         self._direct_windows: OrderedDict[tuple[bytes, int], SeqWindow] = OrderedDict()
-        self._answered: OrderedDict[Address, float] = OrderedDict()
+        self._answered: OrderedDict[str, float] = OrderedDict()
+        self.limits = ratelimit.Limits()
         self._answers: dict[int, Address] = {}
         self._directs: dict[int, _PendingDirect] = {}
         self._notices: dict[int, _PendingNotice] = {}
         self._byes_left = 0
         self.keys = keys
         self._sealer = Sealer(keys, identity.peer_id, identity.instance) if keys else None
+        # What sealing adds to each of our datagrams: answers are charged with it.
+        self._growth = _SEAL_GROWTH - len(msgpack.packb(identity.instance)) if keys else 0
         self._opener = Opener(keys) if keys else None
         self._unauth: dict[tuple[str, str], list[float]] = {}
         # Loss repair: our kept datagrams (kept[0] has seq _kept_first), what we
@@ -457,11 +483,37 @@ class NodeCore:
             for rec in to_ping:
                 self._ping(rec)
 
-    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
-        """Handle one datagram from `source` (ip, port). Never raises on remote input."""
+    def receive_datagram(
+        self, data: bytes, source: Address, now: float, *, on_link: bool = True
+    ) -> None:
+        """Handle one datagram from `source` (ip, port). Never raises on remote input.
+
+        `on_link`: False if the source is on none of the node's subnets and the node
+        keeps to its link (TTL 1): then it is dropped, and nothing ever answers it.
+        """
         self.stats.received += 1
         if self.closed:
             return  # a node that said goodbye answers nothing (not even pings)
+        if not on_link:
+            self.stats.off_link += 1
+            return
+        # Before decoding (section 13): our own multicast looped back, then the limits.
+        sender = _peek_sender(data)
+        if sender == self._id:
+            self.stats.own += 1
+            return
+        verdict = self.limits.admit(
+            source[0],
+            len(data),
+            now,
+            known=sender is not None and self.members.get(sender) is not None,
+        )
+        if verdict:
+            if verdict == ratelimit.FLOODED:
+                self.stats.flooded += 1
+            else:
+                self.stats.overloaded += 1
+            return
         try:
             msg = codec.decode(data, self._opener)
         except DecodeError as exc:
@@ -478,6 +530,9 @@ class NodeCore:
             if pending.peer == msg.sender:
                 pending.heard_since = True
         if isinstance(msg, codec.Beat):
+            if self.members.get(msg.sender) is None and not self.limits.admit_peer(ip, now):
+                self.stats.refused += 1  # a new peer past the new-peer rate (section 13)
+                return
             self._emit(self.members.on_beat(msg, ip, now))
             rec = self.members.get(msg.sender)
             if rec is not None:
@@ -502,8 +557,7 @@ class NodeCore:
             case codec.Ack():
                 self._on_ack(msg)
             case codec.Ping():
-                pong = codec.Pong(self._id, self._inst, msg.token)
-                self._out.append(Datagram(codec.encode(pong), source))
+                self._answer(codec.Pong(self._id, self._inst, msg.token), source)
             case codec.Pong():
                 pass  # a sign of life, already counted above
             case codec.Nack():
@@ -545,6 +599,14 @@ class NodeCore:
 
     def _multicast(self, data: bytes) -> None:
         self._out.append(Datagram(data, None))
+
+    def _answer(self, msg: codec.Message, to: Address) -> None:
+        """Unicast an answer, if the destination IP has sent us at least as many bytes."""
+        data = codec.encode(msg)
+        if self.limits.spend(to[0], len(data) + self._growth):
+            self._out.append(Datagram(data, to))
+        else:
+            self.stats.withheld += 1
 
     def _count_drop(self, reason: str, source: Address, now: float) -> None:
         counter = _DROP_COUNTERS.get(reason, "malformed")
@@ -614,10 +676,27 @@ class NodeCore:
     def _send_beat(self, to: Address | None) -> None:
         self._out.append(Datagram(self._beat(), to))
 
+    def _answer_beat(self, to: Address) -> None:
+        """A query's answer: our Beat, unicast, charged to the querier's credit."""
+        data = self._beat()
+        if self.limits.spend(to[0], len(data) + self._growth):
+            self._out.append(Datagram(data, to))
+        else:
+            self.stats.withheld += 1
+
     def _ping(self, rec: PeerRecord) -> None:
+        """Ping a silent peer at each of its addresses that has sent us a Ping's worth.
+
+        Charged like an answer: a Beat with a forged source address buys a few
+        pings of that address, never more bytes than the Beat itself.
+        """
         self._ping_token += 1
         data = codec.encode(codec.Ping(self._id, self._inst, self._ping_token))
-        self._out.extend(Datagram(data, dest) for dest in rec.destinations())
+        for dest in rec.destinations():
+            if self.limits.spend(dest[0], len(data) + self._growth):
+                self._out.append(Datagram(data, dest))
+            else:
+                self.stats.withheld += 1
 
     def _fire(self, kind: str, key: int, now: float) -> None:
         if kind == "query":
@@ -626,7 +705,7 @@ class NodeCore:
         elif kind == "answer":
             dest = self._answers.pop(key, None)
             if dest is not None and not self.closed and not self._byes_left:
-                self._send_beat(dest)
+                self._answer_beat(dest)
         elif kind == "bye":
             self._multicast(codec.encode(codec.Bye(self._id, self._inst)))
             self._byes_left -= 1
@@ -692,15 +771,15 @@ class NodeCore:
         if self._id[: codec.KNOWN_PREFIX] in msg.known:
             return  # the querier knows us already
         dest = (ip, msg.uport)
-        last = self._answered.get(dest)
+        last = self._answered.get(ip)  # per address: a querier cannot vary uport for more
         if last is not None and now - last < cfg.QUERY_ANSWER_GAP:
             self.stats.rate_limited += 1
             return
         if len(self._answers) >= _MAX_PENDING_ANSWERS:
             self.stats.rate_limited += 1
             return
-        self._answered[dest] = now
-        self._answered.move_to_end(dest)
+        self._answered[ip] = now
+        self._answered.move_to_end(ip)
         if len(self._answered) > _MAX_QUERIERS:
             self._answered.popitem(last=False)
         spread = cfg.QUERY_SPREAD_PER_PEER * (len(self.members) + 1)
@@ -722,7 +801,7 @@ class NodeCore:
             return
         # Every copy is acknowledged: the sender repeats because acks get lost too.
         ack = codec.Ack(self._id, self._inst, codec.T_NOTICE, msg.seq, msg.instance)
-        self._out.append(Datagram(codec.encode(ack), (ip, msg.uport)))
+        self._answer(ack, (ip, msg.uport))
         late = self._stream_arrival(msg.sender, msg.instance, msg.seq, msg.nick, now)
         if late is not None:
             self._events.append(
@@ -734,7 +813,7 @@ class NodeCore:
             self.stats.unexpected += 1
             return
         ack = codec.Ack(self._id, self._inst, codec.T_DIRECT, msg.msg_id, msg.instance)
-        self._out.append(Datagram(codec.encode(ack), source))
+        self._answer(ack, source)
         if self._fresh(self._direct_windows, msg.sender, msg.instance, msg.msg_id):
             self._events.append(ev.DirectReceived(msg.sender.hex(), msg.nick, msg.text, msg.msg_id))
 
