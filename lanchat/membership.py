@@ -10,9 +10,13 @@ Rules
 * Instances are ordered (start time in the high bits): a higher instance of a
   known peer replaces the entry (the peer restarted); a lower one is stale and
   ignored, so a restarted peer never appears twice.
-* Silence is measured against the peer's own advertised heartbeat interval
-  (scaled timeouts): past `probe_after` the node pings it by unicast, past
-  `unreachable_after` it is unreachable, past `remove_after` it is gone.
+* Silence is measured against the peer's heartbeat interval: the larger of the
+  one it advertises and our own current one (both grow with the group, RFC
+  3550 section 6.2; ours covers a peer that slowed down since its last Beat).
+  Past `probe_after` intervals (longer than any gap between two Beats) the
+  node pings it by unicast every `ping_interval`; three unanswered pings later
+  it is unreachable (the pings then back off to one per half interval); past
+  `remove_after` intervals of silence it is gone.
 * A Bye removes the peer at once.
 
 State table (GONE means the entry is deleted and PeerLeft emitted):
@@ -65,13 +69,16 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
 
 # A /22 is about the largest broadcast domain anyone runs; 4096 entries cost ~3 MB.
 _MAX_PEERS: Final = 4096
+# Pings at the unscaled ping interval before backing off: the unreachable
+# threshold falls after the third (PROTOCOL.md section 5).
+_QUICK_PINGS: Final = 3
 # A host with more NICs than this toward one LAN is unheard of; older ones are forgotten.
 _MAX_ADDRESSES: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Silence thresholds for a peer whose heartbeat interval equals ours."""
+    """Silence thresholds for a peer beating at the minimum interval (`heartbeat_interval`)."""
 
     heartbeat_interval: float
     probe_after: float
@@ -79,15 +86,32 @@ class Timeouts:
     unreachable_after: float
     remove_after: float
 
-    def scaled(self, peer_interval: float) -> tuple[float, float, float, float]:
-        """(probe, ping, unreachable, remove) scaled to a peer that beats more slowly."""
-        k = max(1.0, peer_interval / self.heartbeat_interval)
+    def scaled(self, interval: float) -> tuple[float, float, float, float]:
+        """(probe, ping, unreachable, remove) for a peer beating every `interval` on average.
+
+        Probe and removal scale with the interval (k intervals of silence mean
+        k lost Beats whatever the interval); the unicast check after the probe
+        does not: a ping round trip takes as long in a big group as in a small one.
+        """
+        k = max(1.0, interval / self.heartbeat_interval)
+        probe = self.probe_after * k
         return (
-            self.probe_after * k,
-            self.ping_interval * k,
-            self.unreachable_after * k,
+            probe,
+            self.ping_interval,
+            probe + self.unreachable_after - self.probe_after,
             self.remove_after * k,
         )
+
+    def ping_gap(self, interval: float, pings: int) -> float:
+        """Wait after the `pings`-th ping of a silence: 3 quick ones, then doubling to 0.5 interval.
+
+        A crashed peer in a big group is pinged by every member: backing off
+        keeps that to ~20 pings per member instead of one every 0.5 s until removal.
+        """
+        k = max(1.0, interval / self.heartbeat_interval)
+        if pings < _QUICK_PINGS:
+            return self.ping_interval
+        return min(self.ping_interval * k, self.ping_interval * 2.0 ** (pings - _QUICK_PINGS + 1))
 
 
 @dataclass(slots=True)
@@ -107,6 +131,7 @@ class PeerRecord:
     state: str = ALIVE
     last_heard: float = 0.0
     next_ping: float = 0.0
+    pings: int = 0  # pings sent since last heard
     addresses: dict[str, float] = field(default_factory=dict)
 
     def info(self) -> ev.PeerInfo:
@@ -145,6 +170,9 @@ class Membership:
 
     def __init__(self, timeouts: Timeouts) -> None:
         self.timeouts = timeouts
+        # Our own current (deterministic) heartbeat interval, set by the core as
+        # the group grows: no peer is given less time than that.
+        self.group_interval = timeouts.heartbeat_interval
         self._peers: dict[bytes, PeerRecord] = {}
         self.refused = 0  # beats from new peers refused because the table was full
         self.stale = 0  # datagrams from an older instance of a known peer
@@ -217,6 +245,7 @@ class Membership:
     def _heard(self, rec: PeerRecord, ip: str, now: float) -> list[ev.Event]:
         rec.touch(ip, now)
         rec.next_ping = 0.0
+        rec.pings = 0
         was = rec.state
         self._move(rec, HEARD)
         return [ev.PeerReachable(rec.info())] if was == UNREACHABLE else []
@@ -235,7 +264,8 @@ class Membership:
         to_ping: list[PeerRecord] = []
         next_check = float("inf")
         for rec in list(self._peers.values()):
-            probe, ping_every, unreachable, remove = self.timeouts.scaled(rec.interval)
+            interval = self.interval_of(rec)
+            probe, _, unreachable, remove = self.timeouts.scaled(interval)
             # Compare with the very deadlines that are scheduled (last_heard + x),
             # never with now - last_heard: rounding could leave a due check idle.
             probe_at, remove_at = rec.last_heard + probe, rec.last_heard + remove
@@ -250,7 +280,8 @@ class Membership:
             if now >= probe_at:
                 if now >= rec.next_ping:
                     to_ping.append(rec)
-                    rec.next_ping = now + ping_every
+                    rec.next_ping = now + self.timeouts.ping_gap(interval, rec.pings)
+                    rec.pings += 1
                 next_check = min(next_check, rec.next_ping, remove_at)
                 if rec.state == ALIVE:
                     next_check = min(next_check, unreachable_at)
@@ -258,7 +289,11 @@ class Membership:
                 next_check = min(next_check, probe_at)
         return out, to_ping, next_check
 
+    def interval_of(self, rec: PeerRecord) -> float:
+        """The interval a peer's silence is measured in: its own or ours, whichever is longer."""
+        return max(rec.interval, self.group_interval)
+
     def next_deadline_for(self, rec: PeerRecord) -> float:
         """The first silence threshold of a freshly heard peer."""
-        probe, _, _, _ = self.timeouts.scaled(rec.interval)
+        probe, _, _, _ = self.timeouts.scaled(self.interval_of(rec))
         return rec.last_heard + probe
