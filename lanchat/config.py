@@ -76,6 +76,12 @@ SMALL_GROUP: Final = round(HEARTBEAT_RATE_BUDGET * HEARTBEAT_INTERVAL)
 # second's heartbeat budget) instead of one from every member, and the rest
 # from their regular Beats.
 QUERY_ANSWERS: Final = SMALL_GROUP
+# A member answers at most 4 queries in a burst, then one per heartbeat
+# interval: answers cost the group no more than its heartbeats in the long run,
+# and a mass join of N nodes at most ~4 N answers (the newcomers see each other's
+# announcements anyway). 4 covers a newcomer whose first answer was lost and
+# a few newcomers at once.
+QUERY_ANSWER_BURST: Final = 4.0
 
 # Announce at once, then with back-off (RFC 6762 section 8.3 announces twice
 # 1 s apart; on a LAN a quicker repeat costs little): at 20 % loss a peer misses

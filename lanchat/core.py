@@ -288,6 +288,7 @@ class NodeCore:
         self._stream_instances: dict[bytes, set[int]] = {}  # sender -> tracked instances
         self._requesters: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._repair_bucket = _Bucket(_REPAIR_BURST, 0.0)
+        self._answer_bucket = _Bucket(cfg.QUERY_ANSWER_BURST, 0.0)
         self._tail_left: list[float] = []
         self.started = False
         self.closed = False
@@ -772,6 +773,11 @@ class NodeCore:
         n = len(self.members) + 1
         if n > cfg.QUERY_ANSWERS and self._rng.random() * n >= cfg.QUERY_ANSWERS:
             return  # a big group: ~QUERY_ANSWERS members answer, the rest beat soon
+        rate = 1.0 / self.heartbeat_interval()
+        if self._answer_bucket.refill(cfg.QUERY_ANSWER_BURST, rate, now) < 1:
+            self.stats.rate_limited += 1
+            return
+        self._answer_bucket.tokens -= 1
         self._answered[dest] = now
         self._answered.move_to_end(dest)
         if len(self._answered) > _MAX_QUERIERS:
