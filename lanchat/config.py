@@ -30,21 +30,64 @@ DEFAULT_PORT: Final = 47667  # unassigned by IANA; "LC" in the middle digits of 
 DEFAULT_TTL: Final = 1
 DEFAULT_ROOM: Final = "lobby"
 
-# One heartbeat a second is what Pyre/Zyre beacon and what discovery needs to
-# feel instant; it is also the floor the RTCP-style scaling will keep.
+# Heartbeats are scheduled as RTCP reports are (RFC 3550 sections 6.2-6.3): the
+# mean interval grows with the group so that the whole group's heartbeats stay
+# within a fixed budget, never below HEARTBEAT_INTERVAL:
+#     interval = max(HEARTBEAT_INTERVAL, n / HEARTBEAT_RATE_BUDGET,
+#                    n x mean Beat size on the wire / HEARTBEAT_BYTE_BUDGET)
+# with n the members known plus ourselves. One heartbeat a second is what
+# Pyre/Zyre beacon and what discovery needs to feel instant: up to 50 members
+# it is the interval, so small groups behave as before.
 HEARTBEAT_INTERVAL: Final = 1.0
+# 50 datagrams/s for the whole group: every member receives every heartbeat,
+# so this is also each host's receive load (~1.5 ms of CPU per second in
+# Python, scripts/simulate --scale), and what Pyre/Zyre cost at 50 peers.
+HEARTBEAT_RATE_BUDGET: Final = 50.0
+# 8 kB/s (64 kb/s) for the whole group: Wi-Fi sends multicast at a basic rate
+# (1-6 Mb/s), so heartbeats take at most ~1-6 % of the air time. A typical Beat
+# (~100 bytes with headers) hits the datagram budget first; Beats with long
+# status texts and many rooms (up to 784 bytes) hit this one.
+HEARTBEAT_BYTE_BUDGET: Final = 8000.0
+# Sizes count the IPv4 and UDP headers (20 + 8 bytes), as RTCP's do (RFC 3550
+# section 6.2): the budget is what the wire carries.
+HEADER_BYTES: Final = 28
+# Each interval is drawn uniform in [0.5, 1.5] x interval and divided by e - 3/2:
+# timer reconsideration (redrawing at expiry, RFC 3550 section 6.3.6) makes the
+# mean gap e - 3/2 times the mean draw, so the mean stays `interval` and no gap
+# exceeds 1.5 / (e - 3/2) = 1.23 intervals (RFC 3550 section 6.3.1, A.7).
+RECONSIDERATION_FACTOR: Final = 2.718281828459045 - 1.5
 # Three missed heartbeats: unreachable within 3 s of a crash (ZRE EVASIVE is
-# similar); pings start before that, so single losses do not show.
+# similar); pings start before that, so single losses do not show. In a bigger
+# group the probe waits 1.5 (longer) intervals and the three pings still take 1.5 s.
 UNREACHABLE_AFTER: Final = 3.0
 # Ten intervals of silence *and* unanswered pings: at 20 % independent loss a
-# live peer is falsely removed with probability ~0.2^10 x 0.36^14 per start.
+# live peer is falsely removed with probability ~0.2^8 x 0.36^17 per lost Beat
+# (PROTOCOL.md section 5; scripts/simulate --presence).
 REMOVE_AFTER: Final = 10.0
-# Heartbeats are jittered over [0.5, 1.5] x interval (RFC 3550 section 6.3.1),
-# so silence past 1.5 intervals means at least one heartbeat was really lost.
+# A gap between two heartbeats is at most 1.23 intervals (above), so silence
+# past 1.5 intervals means at least one heartbeat was really lost.
 PROBE_AFTER_INTERVALS: Final = 1.5
-# Ping a silent peer twice per interval: a lost ping or pong is retried soon
-# enough that unreachable (3 intervals) is only declared after >= 3 pings.
+# Ping a silent peer every half second (at the minimum interval): a lost ping
+# or pong is retried soon enough that unreachable is only declared after 3 pings.
 PING_EVERY_INTERVALS: Final = 0.5
+# Announcement and query repeats are for small groups, where one lost Beat or
+# answer would otherwise keep a peer unseen for a whole interval. Once a node
+# knows this many members (the group that fills the budget at the minimum
+# interval) it stops repeating them: in a bigger group every member's regular
+# Beat comes soon enough, and a mass join of N nodes must not cost N x 13
+# datagrams of 100-840 bytes (PROTOCOL.md sections 3.1-3.2).
+SMALL_GROUP: Final = round(HEARTBEAT_RATE_BUDGET * HEARTBEAT_INTERVAL)
+# A member of a bigger group answers a query with probability
+# QUERY_ANSWERS / (members it knows): a newcomer gets ~50 answers at once (a
+# second's heartbeat budget) instead of one from every member, and the rest
+# from their regular Beats.
+QUERY_ANSWERS: Final = SMALL_GROUP
+# A member answers at most 4 queries in a burst, then one per heartbeat
+# interval: answers cost the group no more than its heartbeats in the long run,
+# and a mass join of N nodes at most ~4 N answers (the newcomers see each other's
+# announcements anyway). 4 covers a newcomer whose first answer was lost and
+# a few newcomers at once.
+QUERY_ANSWER_BURST: Final = 4.0
 
 # Announce at once, then with back-off (RFC 6762 section 8.3 announces twice
 # 1 s apart; on a LAN a quicker repeat costs little): at 20 % loss a peer misses

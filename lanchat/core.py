@@ -276,7 +276,16 @@ class NodeCore:
         self._events: deque[ev.Event] = deque()
         self._timers: list[tuple[float, int, str, int]] = []
         self._timer_counter = 0
+        # Heartbeat schedule (RFC 3550 section 6.3; PROTOCOL.md section 3.1):
+        # the next Beat, whether it is a regular one (reconsidered when due) or
+        # an announcement/tail Beat (sent as booked), when the last one went
+        # out (tp), the group size when it was booked (pmembers), and the mean
+        # Beat size on the wire (avg_rtcp_size).
         self._next_beat = float("inf")
+        self._beat_regular = False
+        self._last_beat = float("-inf")
+        self._booked_members = 1
+        self._beat_size = 0.0  # set below, once a Beat can be encoded
         self._announce_left: list[float] = []
         self._next_sweep = float("inf")
         self._seq = 0  # multicast stream: chat and notices
@@ -305,9 +314,11 @@ class NodeCore:
         self._stream_instances: dict[bytes, set[int]] = {}  # sender -> tracked instances
         self._requesters: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._repair_bucket = _Bucket(_REPAIR_BURST, 0.0)
+        self._answer_bucket = _Bucket(cfg.QUERY_ANSWER_BURST, 0.0)
         self._tail_left: list[float] = []
         self.started = False
         self.closed = False
+        self._beat_size = float(len(self._beat()) + cfg.HEADER_BYTES)
 
     # ------------------------------------------------------------ public API
 
@@ -352,7 +363,8 @@ class NodeCore:
             # Tail heartbeats tell receivers our last_seq soon (cfg.TAIL_BEAT_DELAYS).
             delays = cfg.TAIL_BEAT_DELAYS
             self._tail_left = [b - a for a, b in itertools.pairwise(delays)]
-            self._next_beat = min(self._next_beat, now + delays[0])
+            if now + delays[0] < self._next_beat:
+                self._next_beat, self._beat_regular = now + delays[0], False
         return self._seq
 
     def notice(self, text: str, now: float) -> int:
@@ -417,6 +429,19 @@ class NodeCore:
         """Ask the group who is there now."""
         self._at(now, "query", 0)
 
+    def heartbeat_interval(self) -> float:
+        """The mean interval between our heartbeats now (RFC 3550 section 6.2's Td).
+
+        max(minimum, n / datagram budget, n x mean Beat size / byte budget),
+        n = known members + ourselves: the group's heartbeats stay within budget.
+        """
+        n = len(self.members) + 1
+        return max(
+            self.config.heartbeat_interval,
+            n / cfg.HEARTBEAT_RATE_BUDGET,
+            n * self._beat_size / cfg.HEARTBEAT_BYTE_BUDGET,
+        )
+
     def peers(self) -> list[ev.PeerInfo]:
         """Every known peer, by nickname."""
         return sorted((rec.info() for rec in self.members), key=lambda p: (p.nick, p.peer_id))
@@ -468,20 +493,14 @@ class NodeCore:
             self._next_beat = self._next_sweep = float("inf")
             return
         if self._next_beat <= now:
-            self._send_beat(None)
-            if self._announce_left:
-                self._next_beat = now + self._announce_left.pop(0)
-            elif self._tail_left:
-                self._next_beat = now + self._tail_left.pop(0)
-            else:
-                jitter = self._rng.uniform(0.5, 1.5)
-                self._next_beat = now + jitter * self.config.heartbeat_interval
-            self._prune_kept(now)
+            self._beat_due(now)
         if self._next_sweep <= now:
+            self.members.group_interval = self.heartbeat_interval()
             events, to_ping, self._next_sweep = self.members.sweep(now)
             self._emit(events)
             for rec in to_ping:
                 self._ping(rec)
+            self._reconsider_down(now)
 
     def receive_datagram(
         self, data: bytes, source: Address, now: float, *, on_link: bool = True
@@ -533,7 +552,9 @@ class NodeCore:
             if self.members.get(msg.sender) is None and not self.limits.admit_peer(ip, now):
                 self.stats.refused += 1  # a new peer past the new-peer rate (section 13)
                 return
+            self._beat_size += (len(data) + cfg.HEADER_BYTES - self._beat_size) / 16
             self._emit(self.members.on_beat(msg, ip, now))
+            self.members.group_interval = self.heartbeat_interval()
             rec = self.members.get(msg.sender)
             if rec is not None:
                 self._next_sweep = min(self._next_sweep, self.members.next_deadline_for(rec))
@@ -546,6 +567,7 @@ class NodeCore:
                 self._on_query(msg, ip, now)
             case codec.Bye():
                 self._emit(self.members.on_bye(msg.sender, msg.instance))
+                self._reconsider_down(now)
             case codec.Chat():
                 late = self._stream_arrival(msg.sender, msg.instance, msg.seq, msg.nick, now)
                 if late is not None:
@@ -643,18 +665,64 @@ class NodeCore:
             self._announce(now)
 
     def _discover(self, now: float) -> None:
-        """Queries with back-off and, for a member, announcements: what a start sends."""
+        """Queries with back-off and, for a member, announcements: what a start sends.
+
+        The repeats (key 1) are skipped once the group is big (cfg.SMALL_GROUP).
+        """
         delays = cfg.QUERY_DELAYS if self.config.member else cfg.QUERY_DELAYS_ONESHOT
-        for delay in delays:
-            self._at(now + delay, "query", 0)
+        for i, delay in enumerate(delays):
+            self._at(now + delay, "query", int(i > 0))
         if self.config.member:
             self._announce(now)
 
     def _announce(self, now: float) -> None:
-        """Send a heartbeat now and a few more with back-off."""
+        """Send a heartbeat now and a few more with back-off (while the group is small)."""
         delays = list(cfg.ANNOUNCE_DELAYS)
-        self._next_beat = now + delays.pop(0)
+        self._next_beat, self._beat_regular = now + delays.pop(0), False
         self._announce_left = [b - a for a, b in zip(cfg.ANNOUNCE_DELAYS, delays, strict=False)]
+
+    def _draw_interval(self) -> float:
+        """A randomised interval: uniform in [0.5, 1.5] x Td / (e - 3/2) (RFC 3550 6.3.1)."""
+        return self.heartbeat_interval() * self._rng.uniform(0.5, 1.5) / cfg.RECONSIDERATION_FACTOR
+
+    def _beat_due(self, now: float) -> None:
+        """The beat timer fired: send (or, for a regular Beat, reconsider) and book the next."""
+        n = len(self.members) + 1
+        if self._beat_regular:
+            # Timer reconsideration (RFC 3550 section 6.3.6): redraw with the group
+            # as it is now; if it grew, the Beat waits, so a mass join is no flood.
+            due = self._last_beat + self._draw_interval()
+            if due > now:
+                self._next_beat, self._booked_members = due, n
+                return
+        self._send_beat(None)
+        self._last_beat, self._booked_members = now, n
+        self._prune_kept(now)
+        if self._announce_left and n >= cfg.SMALL_GROUP:
+            self._announce_left = []  # a big group: the regular Beats suffice
+        if self._announce_left:
+            self._next_beat, self._beat_regular = now + self._announce_left.pop(0), False
+        elif self._tail_left:
+            self._next_beat, self._beat_regular = now + self._tail_left.pop(0), False
+        else:
+            self._next_beat, self._beat_regular = now + self._draw_interval(), True
+
+    def _reconsider_down(self, now: float) -> None:
+        """Reverse reconsideration (RFC 3550 section 6.3.4): peers left, beat sooner.
+
+        The next Beat and the last one's time move toward now by n / pmembers,
+        so the group's rate does not dip while every member still counts the
+        departed peers in its old, longer interval.
+        """
+        n = len(self.members) + 1
+        if n >= self._booked_members or not self._beat_regular:
+            self._booked_members = max(self._booked_members, n) if self._beat_regular else n
+            return
+        ratio = n / self._booked_members
+        if self._next_beat != float("inf"):
+            self._next_beat = now + ratio * (self._next_beat - now)
+        self._last_beat = now - ratio * (now - self._last_beat)
+        self._booked_members = n
 
     def _beat(self) -> bytes:
         c = self.config
@@ -669,12 +737,14 @@ class NodeCore:
                 c.status_text,
                 c.rooms,
                 self._seq,
-                round(c.heartbeat_interval * 1000),
+                round(self.heartbeat_interval() * 1000),
             )
         )
 
     def _send_beat(self, to: Address | None) -> None:
-        self._out.append(Datagram(self._beat(), to))
+        data = self._beat()
+        self._beat_size += (len(data) + cfg.HEADER_BYTES - self._beat_size) / 16
+        self._out.append(Datagram(data, to))
 
     def _answer_beat(self, to: Address) -> None:
         """A query's answer: our Beat, unicast, charged to the querier's credit."""
@@ -700,7 +770,8 @@ class NodeCore:
 
     def _fire(self, kind: str, key: int, now: float) -> None:
         if kind == "query":
-            if not self.closed:
+            repeat, big = key == 1, len(self.members) + 1 >= cfg.SMALL_GROUP
+            if not self.closed and not (repeat and big):
                 self._multicast(codec.encode(self._query()))
         elif kind == "answer":
             dest = self._answers.pop(key, None)
@@ -778,11 +849,19 @@ class NodeCore:
         if len(self._answers) >= _MAX_PENDING_ANSWERS:
             self.stats.rate_limited += 1
             return
+        n = len(self.members) + 1
+        if n > cfg.QUERY_ANSWERS and self._rng.random() * n >= cfg.QUERY_ANSWERS:
+            return  # a big group: ~QUERY_ANSWERS members answer, the rest beat soon
+        rate = 1.0 / self.heartbeat_interval()
+        if self._answer_bucket.refill(cfg.QUERY_ANSWER_BURST, rate, now) < 1:
+            self.stats.rate_limited += 1
+            return
+        self._answer_bucket.tokens -= 1
         self._answered[ip] = now
         self._answered.move_to_end(ip)
         if len(self._answered) > _MAX_QUERIERS:
             self._answered.popitem(last=False)
-        spread = cfg.QUERY_SPREAD_PER_PEER * (len(self.members) + 1)
+        spread = cfg.QUERY_SPREAD_PER_PEER * min(n, cfg.QUERY_ANSWERS)
         spread = min(cfg.QUERY_SPREAD_MAX, max(cfg.QUERY_SPREAD_MIN, spread))
         self._timer_counter += 1
         key = self._timer_counter

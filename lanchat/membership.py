@@ -10,9 +10,13 @@ Rules
 * Instances are ordered (start time in the high bits): a higher instance of a
   known peer replaces the entry (the peer restarted); a lower one is stale and
   ignored, so a restarted peer never appears twice.
-* Silence is measured against the peer's own advertised heartbeat interval
-  (scaled timeouts): past `probe_after` the node pings it by unicast, past
-  `unreachable_after` it is unreachable, past `remove_after` it is gone.
+* Silence is measured against the peer's heartbeat interval: the larger of the
+  one it advertises and our own current one (both grow with the group, RFC
+  3550 section 6.2; ours covers a peer that slowed down since its last Beat).
+  Past `probe_after` intervals (longer than any gap between two Beats) the
+  node pings it by unicast every `ping_interval`; three unanswered pings later
+  it is unreachable (the pings then back off to one per half interval); past
+  `remove_after` intervals of silence it is gone.
 * A Bye removes the peer at once.
 
 State table (GONE means the entry is deleted and PeerLeft emitted):
@@ -33,6 +37,7 @@ State table (GONE means the entry is deleted and PeerLeft emitted):
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -65,13 +70,18 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
 
 # A /22 is about the largest broadcast domain anyone runs; 4096 entries cost ~3 MB.
 _MAX_PEERS: Final = 4096
+# Pings at the unscaled ping interval before backing off: the unreachable
+# threshold falls after the third (PROTOCOL.md section 5).
+_QUICK_PINGS: Final = 3
+# Entries in the check heap per peer before superseded ones are swept out.
+_MAX_CHECKS_PER_PEER: Final = 4
 # A host with more NICs than this toward one LAN is unheard of; older ones are forgotten.
 _MAX_ADDRESSES: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Silence thresholds for a peer whose heartbeat interval equals ours."""
+    """Silence thresholds for a peer beating at the minimum interval (`heartbeat_interval`)."""
 
     heartbeat_interval: float
     probe_after: float
@@ -79,15 +89,32 @@ class Timeouts:
     unreachable_after: float
     remove_after: float
 
-    def scaled(self, peer_interval: float) -> tuple[float, float, float, float]:
-        """(probe, ping, unreachable, remove) scaled to a peer that beats more slowly."""
-        k = max(1.0, peer_interval / self.heartbeat_interval)
+    def scaled(self, interval: float) -> tuple[float, float, float, float]:
+        """(probe, ping, unreachable, remove) for a peer beating every `interval` on average.
+
+        Probe and removal scale with the interval (k intervals of silence mean
+        k lost Beats whatever the interval); the unicast check after the probe
+        does not: a ping round trip takes as long in a big group as in a small one.
+        """
+        k = max(1.0, interval / self.heartbeat_interval)
+        probe = self.probe_after * k
         return (
-            self.probe_after * k,
-            self.ping_interval * k,
-            self.unreachable_after * k,
+            probe,
+            self.ping_interval,
+            probe + self.unreachable_after - self.probe_after,
             self.remove_after * k,
         )
+
+    def ping_gap(self, interval: float, pings: int) -> float:
+        """Wait after the `pings`-th ping of a silence: 3 quick ones, then doubling to 0.5 interval.
+
+        A crashed peer in a big group is pinged by every member: backing off
+        keeps that to ~20 pings per member instead of one every 0.5 s until removal.
+        """
+        k = max(1.0, interval / self.heartbeat_interval)
+        if pings < _QUICK_PINGS:
+            return self.ping_interval
+        return min(self.ping_interval * k, self.ping_interval * 2.0 ** (pings - _QUICK_PINGS + 1))
 
 
 @dataclass(slots=True)
@@ -107,6 +134,8 @@ class PeerRecord:
     state: str = ALIVE
     last_heard: float = 0.0
     next_ping: float = 0.0
+    pings: int = 0  # pings sent since last heard
+    booked: float = float("inf")  # its live entry in Membership's check heap
     addresses: dict[str, float] = field(default_factory=dict)
 
     def info(self) -> ev.PeerInfo:
@@ -145,7 +174,15 @@ class Membership:
 
     def __init__(self, timeouts: Timeouts) -> None:
         self.timeouts = timeouts
+        # Our own current (deterministic) heartbeat interval, set by the core as
+        # the group grows: no peer is given less time than that.
+        self.group_interval = timeouts.heartbeat_interval
         self._peers: dict[bytes, PeerRecord] = {}
+        # When each peer must be checked next; an entry may be early (the peer
+        # was heard since: checked, then booked again), never late, except
+        # after our own interval shrank (then up to the old, longer deadline).
+        self._due: list[tuple[float, int, PeerRecord]] = []
+        self._counter = 0
         self.refused = 0  # beats from new peers refused because the table was full
         self.stale = 0  # datagrams from an older instance of a known peer
 
@@ -181,6 +218,7 @@ class Membership:
             )  # fmt: skip
             self._peers[beat.sender] = rec
             rec.touch(ip, now)
+            self._book(rec, self.next_deadline_for(rec))
             return [ev.PeerRestarted(rec.info()) if restarted else ev.PeerJoined(rec.info())]
         if beat.instance < rec.instance:
             self.stale += 1
@@ -190,6 +228,8 @@ class Membership:
         rec.nick, rec.host, rec.uport = beat.nick, beat.host, beat.uport
         rec.status, rec.status_text, rec.rooms = beat.status, beat.status_text, beat.rooms
         rec.last_seq, rec.interval = beat.last_seq, interval
+        if self.next_deadline_for(rec) < rec.booked:  # it beats faster now
+            self._book(rec, self.next_deadline_for(rec))
         if beat.nick != old_nick:
             out.append(ev.PeerRenamed(rec.info(), old_nick))
         if (beat.status, beat.status_text) != (old_status, old_text):
@@ -217,6 +257,7 @@ class Membership:
     def _heard(self, rec: PeerRecord, ip: str, now: float) -> list[ev.Event]:
         rec.touch(ip, now)
         rec.next_ping = 0.0
+        rec.pings = 0
         was = rec.state
         self._move(rec, HEARD)
         return [ev.PeerReachable(rec.info())] if was == UNREACHABLE else []
@@ -230,35 +271,66 @@ class Membership:
         return [ev.PeerLeft(rec.info(), "bye")]
 
     def sweep(self, now: float) -> tuple[list[ev.Event], list[PeerRecord], float]:
-        """Apply silence timeouts: (events, peers to ping now, when to sweep next)."""
+        """Apply silence timeouts: (events, peers to ping now, when to sweep next).
+
+        Only peers whose check is due are looked at (a heap with one entry per
+        peer, refreshed lazily): a node that knows 1000 peers does not scan
+        them all whenever one of them is due.
+        """
         out: list[ev.Event] = []
         to_ping: list[PeerRecord] = []
-        next_check = float("inf")
-        for rec in list(self._peers.values()):
-            probe, ping_every, unreachable, remove = self.timeouts.scaled(rec.interval)
-            # Compare with the very deadlines that are scheduled (last_heard + x),
-            # never with now - last_heard: rounding could leave a due check idle.
-            probe_at, remove_at = rec.last_heard + probe, rec.last_heard + remove
-            unreachable_at = rec.last_heard + unreachable
-            if now >= remove_at:
-                self._move(rec, EXPIRED)
-                out.append(ev.PeerLeft(rec.info(), "timeout"))
-                continue
-            if now >= unreachable_at and rec.state == ALIVE:
-                self._move(rec, SILENT)
-                out.append(ev.PeerUnreachable(rec.info()))
-            if now >= probe_at:
-                if now >= rec.next_ping:
-                    to_ping.append(rec)
-                    rec.next_ping = now + ping_every
-                next_check = min(next_check, rec.next_ping, remove_at)
-                if rec.state == ALIVE:
-                    next_check = min(next_check, unreachable_at)
-            else:
-                next_check = min(next_check, probe_at)
-        return out, to_ping, next_check
+        due = self._due
+        while due and due[0][0] <= now:
+            when, _, rec = heapq.heappop(due)
+            if self._peers.get(rec.peer_id) is not rec or when != rec.booked:
+                continue  # removed or restarted since, or superseded by an earlier booking
+            next_check = self._check(rec, now, out, to_ping)
+            if next_check is not None:
+                self._book(rec, next_check)
+        return out, to_ping, due[0][0] if due else float("inf")
+
+    def _check(
+        self, rec: PeerRecord, now: float, out: list[ev.Event], to_ping: list[PeerRecord]
+    ) -> float | None:
+        """Apply one peer's timeouts; when it must be checked next (None: removed)."""
+        interval = self.interval_of(rec)
+        probe, _, unreachable, remove = self.timeouts.scaled(interval)
+        # Compare with the very deadlines that are scheduled (last_heard + x),
+        # never with now - last_heard: rounding could leave a due check idle.
+        probe_at, remove_at = rec.last_heard + probe, rec.last_heard + remove
+        unreachable_at = rec.last_heard + unreachable
+        if now >= remove_at:
+            self._move(rec, EXPIRED)
+            out.append(ev.PeerLeft(rec.info(), "timeout"))
+            return None
+        if now >= unreachable_at and rec.state == ALIVE:
+            self._move(rec, SILENT)
+            out.append(ev.PeerUnreachable(rec.info()))
+        if now < probe_at:
+            return probe_at
+        if now >= rec.next_ping:
+            to_ping.append(rec)
+            rec.next_ping = now + self.timeouts.ping_gap(interval, rec.pings)
+            rec.pings += 1
+        next_check = min(rec.next_ping, remove_at)
+        return min(next_check, unreachable_at) if rec.state == ALIVE else next_check
+
+    def _book(self, rec: PeerRecord, when: float) -> None:
+        rec.booked = when
+        self._counter += 1
+        heapq.heappush(self._due, (when, self._counter, rec))
+        if len(self._due) > _MAX_CHECKS_PER_PEER * (len(self._peers) + 1):
+            # Superseded entries piled up (a peer shrinking its interval beat after
+            # beat): keep the live ones only.
+            self._due = [e for e in self._due if self._peers.get(e[2].peer_id) is e[2]]
+            self._due = [e for e in self._due if e[0] == e[2].booked]
+            heapq.heapify(self._due)
+
+    def interval_of(self, rec: PeerRecord) -> float:
+        """The interval a peer's silence is measured in: its own or ours, whichever is longer."""
+        return max(rec.interval, self.group_interval)
 
     def next_deadline_for(self, rec: PeerRecord) -> float:
         """The first silence threshold of a freshly heard peer."""
-        probe, _, _, _ = self.timeouts.scaled(rec.interval)
+        probe, _, _, _ = self.timeouts.scaled(self.interval_of(rec))
         return rec.last_heard + probe

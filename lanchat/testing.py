@@ -38,6 +38,8 @@ class FakeNode:
     loss_in: float = 0.0
     loss_out: float = 0.0
     partitioned: bool = False
+    index: int = 0  # position in FakeLan.nodes (names its multicast source port)
+    booked: float | None = None  # the timer last booked for it (one heap entry per change)
 
     @property
     def peer_id(self) -> str:
@@ -75,6 +77,7 @@ class FakeLan:
         self.delivered = 0
         self.dropped = 0
         self._by_addr: dict[Address, FakeNode] = {}
+        self._subnets: dict[str, list[FakeNode]] = {}  # "10.0.0" -> nodes with an address in it
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._counter = 0
 
@@ -104,10 +107,12 @@ class FakeLan:
             rng=random.Random(self.rng.random()),
             keys=KeyRing(tuple(keys)) if keys else None,
         )
-        node = FakeNode(nick, core, addrs, self)
+        node = FakeNode(nick, core, addrs, self, index=len(self.nodes))
         self.nodes.append(node)
         for ip in addrs:
             self._by_addr[(ip, uport)] = node
+        for subnet in dict.fromkeys(ip.rsplit(".", 1)[0] for ip in addrs):
+            self._subnets.setdefault(subnet, []).append(node)
         if start:
             core.start(self.now)
             self._service(node)
@@ -194,13 +199,15 @@ class FakeLan:
         if core.closed and node.up:
             self.crash(node)  # its goodbyes are out: it stops, as a closed process would
         timer = core.get_timer()
-        if timer is not None and node.up:
+        if timer is not None and node.up and timer != node.booked:
+            node.booked = timer
             self._schedule(timer, lambda: self._on_timer(node, timer))
 
     def _on_timer(self, node: FakeNode, booked: float) -> None:
         timer = node.core.get_timer()
         if not node.up or timer is None or timer != booked:
             return  # superseded by a later booking
+        node.booked = None
         node.core.handle_timer(self.now)
         self._service(node)
 
@@ -215,12 +222,10 @@ class FakeLan:
     def _route(self, src: FakeNode, data: bytes, to: Address | None) -> None:
         if to is None:
             for ip in src.ips:
-                subnet = ip.rsplit(".", 1)[0]
-                for dst in self.nodes:
-                    if not dst.up:
-                        continue
-                    if any(d.rsplit(".", 1)[0] == subnet for d in dst.ips):
-                        self._deliver(src, dst, data, (ip, 50000 + self.nodes.index(src)))
+                source = (ip, 50000 + src.index)
+                for dst in self._subnets.get(ip.rsplit(".", 1)[0], ()):
+                    if dst.up:
+                        self._deliver(src, dst, data, source)
             return
         target = self._by_addr.get(to)
         if target is None:

@@ -6,6 +6,7 @@ deadline and the silence measured against it agree to the bit.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -235,18 +236,35 @@ def test_a_beat_makes_an_unreachable_peer_reachable() -> None:
 
 
 def test_timeouts_scale_to_a_peer_beating_every_four_seconds() -> None:
-    assert DEFAULT.scaled(4.0) == (6.0, 2.0, 12.0, 40.0)
+    # Probe and removal scale with the interval; the three quick pings do not.
+    assert DEFAULT.scaled(4.0) == (6.0, 0.5, 7.5, 40.0)
     assert DEFAULT.scaled(0.25) == DEFAULT.scaled(1.0) == (1.5, 0.5, 3.0, 10.0)
     table = Membership(DEFAULT)
     rec = joined(table, interval_ms=4000)
     assert rec.interval == 4.0 and table.next_deadline_for(rec) == T0 + 6
     assert table.sweep(T0 + 5.75) == ([], [], T0 + 6)
     events, to_ping, next_check = table.sweep(T0 + 6)
-    assert (events, to_ping, next_check) == ([], [rec], T0 + 8)
-    assert table.sweep(T0 + 11.75)[0] == [] and rec.state == mb.ALIVE
-    assert kinds(table.sweep(T0 + 12)[0]) == ["PeerUnreachable"]
-    assert table.sweep(T0 + 39.75)[0] == [] and len(table) == 1
-    assert kinds(table.sweep(T0 + 40)[0]) == ["PeerLeft"]
+    assert (events, to_ping, next_check) == ([], [rec], T0 + 6.5)
+    pings = [T0 + 6]
+    t, seen = T0 + 6.5, []
+    while len(table):
+        events, to_ping, next_check = table.sweep(t)
+        pings += [t] * len(to_ping)
+        seen += [(t, name) for name in kinds(events)]
+        t = next_check
+    assert seen == [(T0 + 7.5, "PeerUnreachable"), (T0 + 40, "PeerLeft")]
+    # Three pings 0.5 s apart, then backing off (1, 2 s) to half the interval (2 s).
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(pings)]
+    assert gaps[:5] == [0.5, 0.5, 0.5, 1.0, 2.0] and set(gaps[5:]) == {2.0}
+
+
+def test_our_own_longer_interval_covers_a_peer_that_slowed_down() -> None:
+    table = Membership(DEFAULT)
+    rec = joined(table, interval_ms=1000)  # its last Beat said 1 s; the group grew since
+    table.group_interval = 20.0
+    assert table.next_deadline_for(rec) == T0 + 30
+    assert table.sweep(T0 + 29.9)[0:2] == ([], [])
+    assert table.sweep(T0 + 30)[1] == [rec]
 
 
 def test_a_faster_peer_gets_our_timeouts_not_shorter_ones() -> None:

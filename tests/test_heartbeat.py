@@ -1,0 +1,169 @@
+"""Heartbeats at scale (PROTOCOL.md 3.1, 5): the group budget, reconsideration, presence.
+
+Short deterministic versions of `scripts/simulate --scale` and `--presence`.
+Nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from lanchat import codec
+from lanchat import config as cfg
+from lanchat.config import NodeConfig
+from lanchat.core import Datagram, Identity, NodeCore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _simulate_module() -> ModuleType:
+    path = ROOT / "scripts" / "simulate"
+    loader = importlib.machinery.SourceFileLoader("lanchat_simulate", str(path))
+    spec = importlib.util.spec_from_loader("lanchat_simulate", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lanchat_simulate"] = module
+    loader.exec_module(module)
+    return module
+
+
+def _core(seed: int = 1) -> NodeCore:
+    core = NodeCore(
+        NodeConfig(nick="me", host="h"),
+        Identity(bytes(7) + b"\x01", 1),
+        uport=40000,
+        rng=random.Random(seed),
+    )
+    core.start(1000.0)
+    return core
+
+
+def _run_datagrams(core: NodeCore, until: float) -> list[Datagram]:
+    """Handle every timer due until `until`; the datagrams sent meanwhile."""
+    sent: list[Datagram] = []
+    while (timer := core.get_timer()) is not None and timer <= until:
+        core.handle_timer(timer)
+        sent += core.datagrams_to_send()
+    return sent
+
+
+def _run(core: NodeCore, until: float) -> list[codec.Message]:
+    return [codec.decode(d.data) for d in _run_datagrams(core, until)]
+
+
+def _feed(core: NodeCore, peers: int, now: float, *, big: bool = False) -> list[bytes]:
+    ids = [i.to_bytes(4, "big") + b"peer" for i in range(1, peers + 1)]
+    rooms = tuple(f"{'r' * 30}{j:02d}" for j in range(16)) if big else ("lobby",)
+    for i, peer in enumerate(ids):
+        beat = codec.Beat(peer, 7, f"p{i}", "h", 41000, codec.STATUS_ONLINE, "x" * 64 * big,
+                          rooms, 0, 1000)  # fmt: skip
+        core.receive_datagram(codec.encode(beat), (f"10.0.{i // 250}.{i % 250 + 1}", 5000), now)
+    return ids
+
+
+def test_interval_grows_with_the_group_within_both_budgets() -> None:
+    core = _core()
+    assert core.heartbeat_interval() == cfg.HEARTBEAT_INTERVAL  # alone: the floor
+    _feed(core, 49, 1000.0)
+    assert core.heartbeat_interval() == cfg.HEARTBEAT_INTERVAL  # 50 members: 50/s
+    _feed(core, 199, 1000.0)
+    assert core.heartbeat_interval() == pytest.approx(200 / cfg.HEARTBEAT_RATE_BUDGET)
+    # Big Beats: the byte budget decides (n x mean size on the wire / 8000 B/s).
+    big = _core(2)
+    _feed(big, 199, 1000.0, big=True)  # ~650-byte Beats; the mean follows them (1/16 each)
+    assert big.heartbeat_interval() > 200 / cfg.HEARTBEAT_RATE_BUDGET
+    assert big.heartbeat_interval() == pytest.approx(
+        200 * big._beat_size / cfg.HEARTBEAT_BYTE_BUDGET
+    )
+
+
+def test_beats_advertise_the_interval_in_use() -> None:
+    core = _core()
+    _feed(core, 199, 1000.0)
+    beats = [b for b in _run(core, 1010.0) if isinstance(b, codec.Beat)]
+    assert beats and all(b.interval_ms == 4000 for b in beats)
+
+
+def test_timer_reconsideration_postpones_a_beat_when_the_group_grew() -> None:
+    core = _core()
+    _run(core, 1001.0)  # the announce burst is over; a regular Beat is booked
+    last = core._last_beat
+    assert last == 1001.0 and core._next_beat < last + 1.3
+    _feed(core, 499, 1001.01)  # 500 members now: interval 10 s
+    sent = _run(core, core._next_beat)
+    assert not any(isinstance(m, codec.Beat) for m in sent)
+    assert core._next_beat >= last + 0.41 * 10  # redrawn with n = 500
+
+
+def test_reverse_reconsideration_brings_the_next_beat_closer() -> None:
+    core = _core()
+    ids = _feed(core, 199, 1000.0)
+    _run(core, 1003.0)
+    before = core._next_beat - 1003.0
+    for peer in ids[:150]:  # 3/4 of the group says goodbye
+        core.receive_datagram(codec.encode(codec.Bye(peer, 7)), ("10.0.0.1", 5000), 1003.0)
+    after = core._next_beat - 1003.0
+    assert after == pytest.approx(before * 50 / 200)
+
+
+def test_a_big_group_neither_repeats_queries_nor_answers_every_one() -> None:
+    core = _core()
+    sent = _run(core, 1000.0)
+    _feed(core, 199, 1000.0)
+    sent += _run(core, 1001.0)
+    # The first query only: repeats stop once the group is big.
+    assert sum(isinstance(m, codec.Query) for m in sent) == 1
+    answers = 0
+    for i in range(200):  # 200 strangers ask who is there, over 20 s
+        q = codec.encode(codec.Query(i.to_bytes(4, "big") + b"newc", 9, 41000, ()))
+        core.receive_datagram(q, (f"10.9.{i // 250}.{i % 250 + 1}", 41000), 1010.0 + i * 0.1)
+        sent = _run_datagrams(core, 1010.0 + i * 0.1 + 0.06)
+        answers += sum(
+            d.to is not None and isinstance(codec.decode(d.data), codec.Beat) for d in sent
+        )
+    # ~50/200 of them are for us; of those a burst of 4, then one per interval (4 s).
+    assert 0 < answers <= cfg.QUERY_ANSWER_BURST + 20 / 4 + 1
+
+
+def test_mass_join_converges_within_budget_after_the_transient() -> None:
+    sim = _simulate_module()
+    r = sim.scale(peers=80, window=1.0, seed=3, settle=10.0, limit=30.0)
+    assert r.converged is not None and r.converged < 10
+    assert r.false_departures == 0
+    assert all(i == pytest.approx(80 / cfg.HEARTBEAT_RATE_BUDGET) for i in r.intervals)
+    rate, size = sim.BEAT_BUDGET
+    steady = r.steady()
+    assert steady.count["beat"] <= rate and steady.size["beat"] <= size
+    # After the first 3 s no second goes past 1.5 x the budget (timers are random).
+    late = [t for s, t in r.seconds.items() if s >= 3]
+    assert max(t.count["beat"] for t in late) <= 1.5 * rate
+    assert steady.count["ping"] == steady.count["query"] == 0  # no loss: nothing to probe
+
+
+def test_no_false_departures_at_20_percent_loss_and_crashes_found_fast() -> None:
+    sim = _simulate_module()
+    r = sim.presence(peers=49, hours=2 / 49, loss=0.2, seed=4)  # 2 observer-peer hours
+    assert r.removals == 0
+    assert r.unreachable > 0 and r.pings > 0  # the loss was real and was probed
+    assert sim.false_removal_probability(0.2, samples=2000) < 1e-12
+    unreachable, removed = sim.crash_detection(49, runs=5, loss=0.2, seed=5)
+    assert len(removed) == 5
+    assert max(unreachable) <= cfg.UNREACHABLE_AFTER + 0.01
+    assert max(removed) <= cfg.REMOVE_AFTER + 0.01
+
+
+def test_the_removal_model_matches_the_simulation_where_removals_happen() -> None:
+    sim = _simulate_module()
+    # The model counts every ping; at 70 % loss a peer earns less answer credit
+    # than its pings cost, so the real node withholds some (PROTOCOL.md section 13).
+    r = sim.presence(peers=49, hours=4 / 49, loss=0.7, seed=6, credit=False)
+    predicted = sim.false_removal_probability(0.7, samples=4000) * 3600 * 0.3 * r.pair_hours
+    assert predicted > 20
+    assert 0.5 * predicted <= r.removals <= 2 * predicted
