@@ -108,12 +108,13 @@ RECALL_SETTLE: Final = 0.01
 RECALL_WAIT: Final = 0.25
 RECALL_TRIES: Final = 3
 # What one Recall may cost a holder: 8 KB of answer (50 ordinary lines take ~4 KB);
-# per requesting address 16 KB, refilled at 16 KB a minute; for all requesters
-# together 64 KB, refilled at 64 KB a minute (~1 KB/s). A join needs one answer;
-# a flood of spoofed Recalls gets no more than that from each holder.
+# per requesting address 16 KB, refilled at 16 KB a minute (a joiner's few rooms);
+# for all requesters together 32 KB, refilled at 32 KB a minute (~0.5 KB/s): with
+# suppression spreading the answers, 20 people joining 3 rooms each in a minute
+# cost each of 10 holders ~24 KB. A flood of spoofed Recalls gets no more.
 _RECALL_ANSWER_BYTES: Final = 8192
 _RECALL_BYTES_PER_SOURCE: Final = 16384.0
-_RECALL_BYTES: Final = 65536.0
+_RECALL_BYTES: Final = 32768.0
 _RECALL_REFILL_PERIOD: Final = 60.0
 # Requesting addresses remembered for the per-source bucket.
 _MAX_RECALL_SOURCES: Final = 1024
