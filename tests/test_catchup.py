@@ -8,18 +8,28 @@ Nothing here sleeps.
 
 from __future__ import annotations
 
+import io
+import os
 import random
+import sqlite3
 import statistics
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lanchat import codec
+from lanchat import codec, history
 from lanchat import core as core_module
 from lanchat import events as ev
+from lanchat.chat import _INFO_STYLE, event_fragments, format_event
 from lanchat.core import RECALL_KEEP, RECALL_KEEP_LINES, RECALL_TRIES, RECALL_WAIT
 from lanchat.errors import ConfigError
+from lanchat.history import HistoryStore, print_history
 from lanchat.testing import FakeNode
+from tests.loopback_helpers import LANCHAT
 from tests.test_core import Lan, pid
 
 # The longest a recall takes: every try waits RECALL_WAIT.
@@ -400,3 +410,124 @@ def test_pending_answers_are_bounded() -> None:
     assert len(a.core._recall_answers) == core_module._MAX_PENDING_RECALL_ANSWERS
     assert a.core.stats.rate_limited == 20
     assert len(a.core._recall_seen) <= core_module._MAX_RECALL_NONCES
+
+
+# ------------------------------------------------------- history and display
+
+
+def test_history_stores_recalled_lines_once_in_time_order(tmp_path: Path) -> None:
+    peer = "b0b0000000000b0b"
+    with HistoryStore(tmp_path / "h.sqlite3") as store:
+        store.add("chat", "in", peer_id=peer, nick="bob", text="live, later", room="lobby")
+        line = ev.ChatRecalled(peer, "bob", "lobby", "said before", 4, 77, age=120.0)
+        assert store.record_event(line, instance=1)
+        store.record_event(line, instance=1)  # a second answer, or a second recall
+        live = ev.ChatReceived(peer, "bob", "lobby", "said before", 4, instance=77)
+        store.record_event(live, instance=1)  # the same line, stored live by another process
+        rows = store.query(room="lobby")
+        assert [(r.text, bool(r.extra.get("recalled"))) for r in rows] == [
+            ("said before", True),
+            ("live, later", False),
+        ]
+        assert rows[0].time == pytest.approx(time.time() - 120, abs=5)
+        assert [r.text for r in store.recent("lobby")] == ["said before", "live, later"]
+        assert store.errors == 0
+    out = io.StringIO()
+    print_history(tmp_path / "h.sqlite3", room="lobby", peer=None, notices=False, since=None,
+                  as_json=False, limit=None, out=out)  # fmt: skip
+    assert out.getvalue().splitlines()[0].endswith("[#lobby] <bob> said before (recalled)")
+
+
+def test_recall_hint_asks_only_for_what_the_history_lacks(tmp_path: Path) -> None:
+    with HistoryStore(tmp_path / "h.sqlite3") as store:
+        assert store.recall_hint("lobby", time.time()) == (RECALL_KEEP, [])
+        now = time.time()
+        store.record_event(
+            ev.ChatReceived("aa" * 8, "a", "lobby", "old", 1, instance=5), instance=1
+        )
+        store.add("chat", "in", peer_id="aa" * 8, nick="a", text="x", room="lobby", seq=2,
+                  instance=5, when=now - 600)  # fmt: skip
+        store.add("chat", "in", peer_id="bb" * 8, nick="b", text="y", room="dev", seq=1,
+                  instance=6, when=now - 10)  # fmt: skip
+        max_age, have = store.recall_hint("lobby", now + 300)
+        assert max_age == pytest.approx(300 + 60, abs=1)  # back to a minute before the newest
+        assert have == [("aa" * 8, 5, 1)]  # the line 600 s older is outside the span
+
+
+def test_version_1_history_gains_the_unique_index(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    db = sqlite3.connect(path)
+    v1 = history._SCHEMA.split("CREATE UNIQUE INDEX")[0]
+    db.executescript(f"{v1} PRAGMA user_version = 1;")
+    db.execute("INSERT INTO messages (time, kind, direction, room, peer_id, nick, text, seq)"
+               " VALUES (1, 'chat', 'in', 'lobby', 'aa', 'a', 'old row', 1)")  # fmt: skip
+    db.commit()
+    db.close()
+    with HistoryStore(path) as store:
+        line = ev.ChatRecalled("aa" * 8, "a", "lobby", "t", 1, 5, age=1.0)
+        store.record_event(line, instance=1)
+        store.record_event(line, instance=1)
+        assert [r.text for r in store.query()] == ["old row", "t"]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_recalled_lines_are_shown_marked_with_their_time() -> None:
+    now = datetime(2024, 5, 6, 12, 0, 0)
+    head = ev.HistoryRecalled("lobby", 2, 1)
+    line = ev.ChatRecalled("aa" * 8, "bob", "lobby", "hi \x1b[2J", 3, 7, age=90.0)
+    assert format_event(head, now) == "12:00:00 --- 2 earlier lines of #lobby from peers:"
+    assert format_event(line, now) == "11:58:30 [#lobby] <bob> hi  (earlier)"
+    assert all(style == _INFO_STYLE for style, _ in event_fragments(line, now)[1:])
+
+
+# ------------------------------------------------------------- end to end
+
+
+@pytest.mark.loopback
+def test_late_lanchat_join_receives_earlier_room_lines(lo_port: int, tmp_path: Path) -> None:
+    """A `lanchat join` started after two lines were said prints them, marked, once."""
+    env = {**os.environ, "LANCHAT_PORT": str(lo_port)}
+    early = subprocess.Popen(
+        [*LANCHAT, "join", "--nick", "early"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, "LANCHAT_HOME": str(tmp_path / "early")},
+    )  # fmt: skip
+    assert early.stdin is not None and early.stdout is not None
+    try:
+        early.stdin.write("first line\nsecond line\n")
+        early.stdin.flush()
+        said = [early.stdout.readline() for _ in range(2)]  # its own echo: they are out
+        assert "second line" in said[1]
+        late = subprocess.Popen(
+            [*LANCHAT, "join", "--nick", "late"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "LANCHAT_HOME": str(tmp_path / "late")},
+        )  # fmt: skip
+        assert late.stdin is not None and late.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while not any("second line" in line for line in seen) and time.monotonic() < deadline:
+            seen.append(late.stdout.readline())
+        late.stdin.write("/quit\n")
+        late.stdin.flush()
+        rest, err = late.communicate(timeout=10)
+        assert late.returncode == 0 and "Traceback" not in err, err
+    finally:
+        early.communicate("/quit\n", timeout=10)
+    lines = [line.rstrip("\n") for line in [*seen, *rest.splitlines()] if line.strip()]
+    recalled_lines = [line for line in lines if "(earlier)" in line]
+    assert [line[9:] for line in recalled_lines] == [
+        "[#lobby] <early> first line (earlier)",
+        "[#lobby] <early> second line (earlier)",
+    ], lines
+    assert any("2 earlier lines of #lobby from peers" in line for line in lines)
+    assert sum("first line" in line for line in lines) == 1
+    # The late joiner's history has them, marked as recalled.
+    shown = subprocess.run(
+        [*LANCHAT, "history"], capture_output=True, text=True, timeout=30,
+        env={**env, "LANCHAT_HOME": str(tmp_path / "late")},
+    )  # fmt: skip
+    assert shown.stdout.splitlines()[-2:] == [
+        shown.stdout.splitlines()[-2][:20] + "[#lobby] <early> first line (recalled)",
+        shown.stdout.splitlines()[-1][:20] + "[#lobby] <early> second line (recalled)",
+    ]
