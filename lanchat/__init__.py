@@ -11,11 +11,13 @@ from lanchat.errors import (
     PeerError,
 )
 from lanchat.events import (
+    ChatRecalled,
     ChatReceived,
     DirectDelivered,
     DirectFailed,
     DirectReceived,
     Event,
+    HistoryRecalled,
     InterfacesChanged,
     MessagesLost,
     NetworkErrorReported,
@@ -40,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_GROUP",
     "DEFAULT_PORT",
+    "ChatRecalled",
     "ChatReceived",
     "ClosedError",
     "ConfigError",
@@ -48,6 +51,7 @@ __all__ = [
     "DirectFailed",
     "DirectReceived",
     "Event",
+    "HistoryRecalled",
     "Identity",
     "InterfaceError",
     "InterfacesChanged",

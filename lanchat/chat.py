@@ -20,7 +20,7 @@ import unicodedata
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final, TextIO
 
 from prompt_toolkit import PromptSession
@@ -384,6 +384,16 @@ def event_fragments(
                 ("", f" {sanitize(text)}"),
                 *([(_INFO_STYLE, " (late: repaired after loss)")] if late else []),
             ]
+        case ev.ChatRecalled(nick=nick, room=room, text=text, age=age):
+            then = (now - timedelta(seconds=age)).strftime("%H:%M:%S")
+            return [
+                (_TIME_STYLE, then),
+                (_INFO_STYLE, f" [#{sanitize(room)}] <{sanitize(nick)}> {sanitize(text)}"),
+                (_INFO_STYLE, " (earlier)"),
+            ]
+        case ev.HistoryRecalled(room=room, count=count):
+            what = f"{count} earlier line{'s' if count != 1 else ''} of #{sanitize(room)}"
+            return [*head, (_INFO_STYLE, f"--- {what} from peers:")]
         case ev.DirectReceived(nick=nick, text=text):
             return [
                 *head,
@@ -510,6 +520,8 @@ def entry_fragments(entry: Entry, *, dim: bool = False) -> Fragments:
             body = [(_ERROR_STYLE, f"!!! {what} from {nick} lost")]
         case _:
             body = [("", f"--- {sanitize(entry.kind)}: {text}")]
+    if entry.extra.get("recalled"):
+        body.append((_INFO_STYLE, " (recalled)"))  # from peers, sent before this node joined
     if dim:
         body = [(_INFO_STYLE, piece) for _, piece in body]
     stamp = datetime.fromtimestamp(entry.time).strftime("%Y-%m-%d %H:%M:%S")
@@ -664,6 +676,7 @@ class _Session:
         self.changed = asyncio.Event()
         self.linger_until = float("-inf")  # loop time before which exiting drops repeats
         self.history_errors = 0  # failed history writes already reported
+        self.catch_up_rooms = True  # ask peers for a room's recent lines on joining it
 
     # -- output
 
@@ -696,6 +709,15 @@ class _Session:
         for entry in entries:
             self.show(entry_fragments(entry, dim=True))
 
+    async def catch_up(self, room: str) -> None:
+        """Ask the room's members for the lines the history lacks (shown as they come)."""
+        if not self.catch_up_rooms:
+            return
+        try:
+            await self.node.recall(room)
+        except LanchatError as exc:
+            self.error(f"cannot catch up on #{room}: {exc}")
+
     def check_history(self) -> None:
         """Report the first failed history write (the chat goes on without it)."""
         store = self.node.history
@@ -720,8 +742,13 @@ class _Session:
             self.on_event(await queue.get())
 
     def on_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.ChatReceived) and event.room not in self.node.rooms:
+        if (
+            isinstance(event, ev.ChatReceived | ev.ChatRecalled)
+            and event.room not in self.node.rooms
+        ):
             return  # queued before we left the room
+        if isinstance(event, ev.HistoryRecalled) and not event.count:
+            return  # nothing earlier from peers: nothing to say
         nicks: dict[str, str] | None = None
         if isinstance(event, ev.DirectDelivered | ev.DirectFailed | ev.NoticeAcknowledged):
             nicks = {p.peer_id: p.nick for p in self.node.peers()}
@@ -812,6 +839,7 @@ class _Session:
                 self.info(f"{'talking in' if was_in else 'joined'} #{room}")
                 if not was_in:
                     self.show_history(room)
+                    await self.catch_up(room)
             case Leave(room=name):
                 await self._leave(name)
             case Away(text=text):
@@ -906,22 +934,28 @@ async def run_join(
     lines: AsyncIterable[str] | None = None,
     out: TextIO | None = None,
     colour: bool | None = None,
+    catch_up: bool = True,
 ) -> int:
     """Chat on a started node until /quit, Ctrl-C/Ctrl-D or end of input; returns 0.
 
     With the node's history on, the last lines of each joined room are shown
     first (the current room last, nearest the prompt). `lines` and `out`
     replace stdin and stdout in non-interactive mode (tests). `colour`: ANSI
-    colours on or off (default: on in interactive mode only).
+    colours on or off (default: on in interactive mode only). With `catch_up`,
+    the room's members are asked for what was said before (and after the
+    history's last line): those lines follow, marked "(earlier)", within a second.
     """
     room = check_room(room)
     if room not in node.rooms:
         await node.join_room(room)
     colour = interactive if colour is None else colour
     session = _Session(node, room, out=out, interactive=interactive, colour=colour)
+    session.catch_up_rooms = catch_up
     for joined in sorted(node.rooms, key=lambda r: r == room):
         session.show_history(joined)
     queue = node.subscribe()
+    for joined in sorted(node.rooms, key=lambda r: r == room):
+        await session.catch_up(joined)
     pump = asyncio.create_task(session.pump(queue), name="lanchat-chat-events")
     try:
         if interactive:

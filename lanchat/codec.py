@@ -194,7 +194,7 @@ class Gone:
     ranges: Ranges
 
 
-Message = Beat | Query | Bye | Chat | Notice | Direct | Ack | Ping | Pong | Nack | Gone
+# Message (every type) is defined at the end of the file, after Recall and Recount.
 
 
 # ---------------------------------------------------------------- validation
@@ -304,6 +304,10 @@ def encode(msg: Message) -> bytes:
             body.append(ranges)
         case Gone():
             body = [T_GONE, msg.sender, msg.instance, [list(r) for r in check_ranges(msg.ranges)]]
+        case Recall():
+            body = _padded_recall(msg)
+        case Recount():
+            body = _recount_body(msg)
     data: bytes = HEADER + msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_PLAIN:
         raise ConfigError(f"message too large: {len(data)} bytes, at most {MAX_PLAIN}")
@@ -519,4 +523,144 @@ def decode(data: bytes, opener: Opener | None = None) -> Message:
     if kind == T_GONE:
         _n(body, 4)
         return Gone(sender, instance, _ranges(body[3]))
+    if kind == T_RECALL:
+        return _decode_recall(data, body, sender, instance)
+    if kind == T_RECOUNT:
+        return _decode_recount(body, sender, instance)
     raise _bad("unknown type")
+
+
+# ------------------------------------------------ catch-up (PROTOCOL.md section 11)
+
+T_RECALL, T_RECOUNT = 12, 13
+# A Recall is padded to the Query's size: a flooder pays 840 bytes for each
+# request, about one answer datagram's worth; the rest is rate-limited (11.3).
+RECALL_SIZE: Final = QUERY_SIZE
+# Entries of one Recount at most: the count a node keeps per room, and more
+# than fit in 1168 bytes anyway (an entry takes 17 bytes at least).
+MAX_RECOUNT_ENTRIES: Final = 50
+
+
+@dataclass(slots=True)
+class Recall:
+    """Asks the room's members for its recent chat: at most max_count lines, max_age_ms old."""
+
+    sender: bytes
+    instance: int
+    room: str
+    max_age_ms: int
+    max_count: int
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecountEntry:
+    """One recalled chat line, as its original sender sent it; age_ms is how old it is now."""
+
+    sender: bytes
+    instance: int
+    seq: int
+    nick: str
+    age_ms: int
+    text: str
+
+
+@dataclass(slots=True)
+class Recount:
+    """Answers the Recall `nonce` with chat lines of `room` (multicast, so others hold back)."""
+
+    sender: bytes
+    instance: int
+    nonce: int
+    room: str
+    entries: tuple[RecountEntry, ...]
+
+
+def _padded_recall(msg: Recall) -> list[Any]:
+    """The Recall body padded to exactly RECALL_SIZE bytes (the pad is always a bin16)."""
+    if not 1 <= msg.max_count < 2**8 or not 1 <= msg.max_age_ms < 2**32:
+        raise ConfigError("recall count must be 1..255 and age 1..2**32-1 ms")
+    body: list[Any] = [
+        T_RECALL, msg.sender, msg.instance, msg.room, msg.max_age_ms, msg.max_count, msg.nonce, b"",
+    ]  # fmt: skip
+    size = len(HEADER) + len(msgpack.packb(body, use_bin_type=True))
+    body[7] = bytes(RECALL_SIZE - size - 1)  # bin16 takes one header byte more than b""
+    return body
+
+
+def _entry_body(entry: RecountEntry) -> list[Any]:
+    return [entry.sender, entry.instance, entry.seq, entry.nick, entry.age_ms, entry.text]
+
+
+def _recount_body(msg: Recount) -> list[Any]:
+    if not 1 <= len(msg.entries) <= MAX_RECOUNT_ENTRIES:
+        raise ConfigError(f"a Recount holds 1 to {MAX_RECOUNT_ENTRIES} entries")
+    entries = [_entry_body(e) for e in msg.entries]
+    return [T_RECOUNT, msg.sender, msg.instance, msg.nonce, msg.room, entries]
+
+
+def split_recount(
+    sender: bytes, instance: int, nonce: int, room: str, entries: tuple[RecountEntry, ...]
+) -> list[Recount]:
+    """Entries (oldest first) packed into as few Recounts of at most MAX_PLAIN bytes as fit.
+
+    Order is kept: each Recount holds a run of consecutive entries.
+    """
+    head = len(HEADER) + len(msgpack.packb([T_RECOUNT, sender, instance, nonce, room, []]))
+    head += 2  # the entries array header grows from 1 to 3 bytes past 15 entries
+    out: list[Recount] = []
+    run: list[RecountEntry] = []
+    size = head
+    for entry in entries:
+        cost = len(msgpack.packb(_entry_body(entry), use_bin_type=True))
+        if run and (size + cost > MAX_PLAIN or len(run) == MAX_RECOUNT_ENTRIES):
+            out.append(Recount(sender, instance, nonce, room, tuple(run)))
+            run, size = [], head
+        run.append(entry)
+        size += cost
+    if run:
+        out.append(Recount(sender, instance, nonce, room, tuple(run)))
+    return out
+
+
+def _decode_recall(data: bytes, body: list[Any], sender: bytes, instance: int) -> Recall:
+    if len(data) < RECALL_SIZE:
+        raise _bad("short recall")  # unpadded: answering it would amplify
+    _n(body, 8)
+    return Recall(
+        sender,
+        instance,
+        _s(body[3], MAX_ROOM_BYTES, words=True),
+        _u(body[4], 32, low=1),
+        _u(body[5], 8, low=1),
+        _u(body[6]),
+    )
+
+
+def _decode_recount(body: list[Any], sender: bytes, instance: int) -> Recount:
+    _n(body, 6)
+    raw = body[5]
+    if type(raw) is not list or not 1 <= len(raw) <= MAX_RECOUNT_ENTRIES:
+        raise _bad("malformed")
+    entries: list[RecountEntry] = []
+    for item in raw:
+        if type(item) is not list or len(item) < 6:
+            raise _bad("malformed")
+        entries.append(
+            RecountEntry(
+                _id(item[0]),
+                _u(item[1]),
+                _u(item[2], low=1),
+                _s(item[3], MAX_NICK_BYTES, words=True),
+                _u(item[4], 32),
+                _s(item[5], MAX_TEXT_BYTES, words=False),
+            )
+        )
+    return Recount(
+        sender, instance, _u(body[3]), _s(body[4], MAX_ROOM_BYTES, words=True), tuple(entries)
+    )
+
+
+Message = (
+    Beat | Query | Bye | Chat | Notice | Direct | Ack | Ping | Pong | Nack | Gone | Recall | Recount
+)

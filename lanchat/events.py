@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +106,9 @@ class ChatReceived:
     text: str
     seq: int
     late: bool = False  # arrived after a later message of its peer (repaired or reordered)
+    # The sender's instance: with peer_id and seq it names the message (history de-duplicates
+    # on it). Not compared: two events of one message are equal whoever built them.
+    instance: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,36 @@ class MessagesLost:
     last_seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryRecalled:
+    """A catch-up request for `room` ended: `count` earlier lines follow as ChatRecalled.
+
+    `answers` is how many Recount datagrams arrived; 0 with count 0 means nobody
+    answered (an empty room, or nobody kept anything that recent).
+    """
+
+    room: str
+    count: int
+    answers: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRecalled:
+    """A room message sent before this node joined, recalled from a peer (history).
+
+    `age` is how many seconds before this event it was sent (the answering
+    peer's measure); lines of one recall come oldest first, each sender's in seq order.
+    """
+
+    peer_id: str
+    nick: str
+    room: str
+    text: str
+    seq: int
+    instance: int
+    age: float
+
+
 Event = (
     PeerJoined
     | PeerRestarted
@@ -238,4 +271,6 @@ Event = (
     | MessagesLost
     | InterfacesChanged
     | NetworkErrorReported
+    | HistoryRecalled
+    | ChatRecalled
 )

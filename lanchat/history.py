@@ -15,7 +15,7 @@ lose the last commits, and never corrupts the file. FULL would add an fsync per
 message (milliseconds on an SSD, more on a disk) to guard against power loss
 only: not worth it for chat.
 
-Schema (`PRAGMA user_version` 1), one table:
+Schema (`PRAGMA user_version` 2), one table:
 
     messages(
       id        INTEGER PRIMARY KEY  -- commit order; pruning deletes the lowest first
@@ -27,12 +27,20 @@ Schema (`PRAGMA user_version` 1), one table:
       nick      TEXT NOT NULL        -- that peer's nickname then
       text      TEXT NOT NULL        -- exactly as sent or received ('' for lost)
       seq       INTEGER              -- chat and notice seq, direct message id
-      instance  INTEGER              -- out direct: this node's instance; with seq, its key
+      instance  INTEGER              -- chat: the sender's instance; out direct: this node's
       state     TEXT                 -- out direct: sent, then delivered | unconfirmed | failed
       late      INTEGER NOT NULL     -- 1: arrived after a later message of its sender
-      extra     TEXT                 -- JSON: other event fields (lost: count, first_seq, last_seq)
+      extra     TEXT                 -- JSON: other event fields (lost: count, first_seq, last_seq;
+                                     --   recalled chat: {"recalled": true})
     )
-    indexes: room; time; (instance, seq) of sent direct messages
+    indexes: room; time; (instance, seq) of sent direct messages; unique
+    (peer_id, instance, seq) of chat, so a line stored twice (recalled after it
+    was stored live, or by two processes of one user) is kept once
+
+Recalled chat (lines from before this node joined, `ChatRecalled`) is stored
+with its original time, so rows are read back in time order, not commit order.
+Version 1 files gain the unique index when opened (their chat rows have no
+instance, so nothing collides).
 
 Size bound: past `MAX_ROWS` rows or `MAX_BYTES` of pages in use, the oldest
 rows are deleted, `PRUNE_BATCH` per transaction, down to `PRUNE_TO` of the
@@ -59,6 +67,7 @@ import click
 
 from lanchat import events as ev
 from lanchat.codec import MAX_NICK_BYTES, MAX_ROOM_BYTES, MAX_TEXT_BYTES
+from lanchat.core import RECALL_KEEP, RECALL_KEEP_LINES
 from lanchat.errors import ConfigError
 from lanchat.identity import app_dir
 
@@ -75,7 +84,7 @@ __all__ = [
 ]
 
 HISTORY_FILE: Final = "history.sqlite3"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # About a year of a busy team room (~270 lines a day) in ~15 MB; `lanchat history`
 # reads the last 100 in ~1 ms, a filter scanning them all takes ~50 ms.
 MAX_ROWS: Final = 100_000
@@ -97,6 +106,10 @@ WAL_SIZE_LIMIT: Final = 4 * 2**20
 RECENT_LINES: Final = 10
 # `extra` JSON of one row (a lost-messages marker's fields are ~60 bytes).
 _MAX_EXTRA_BYTES: Final = 1000
+# A catch-up asks back to a minute before the newest stored line of the room
+# (the stored lines of that minute are listed, so they do not come twice): a
+# line that reached the peers but not this node just before it stopped is recalled.
+RECALL_OVERLAP: Final = 60.0
 
 _LOST: Final[type | None] = getattr(ev, "MessagesLost", None)
 _KINDS: Final = ("chat", "notice", "direct", "lost")
@@ -119,6 +132,8 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_room ON messages (room);
 CREATE INDEX IF NOT EXISTS messages_time ON messages (time);
 CREATE INDEX IF NOT EXISTS messages_sent ON messages (instance, seq) WHERE instance IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_chat ON messages (peer_id, instance, seq)
+    WHERE kind = 'chat' AND instance IS NOT NULL;
 """
 _COLUMNS: Final = "id, time, kind, direction, room, peer_id, nick, text, seq, state, late, extra"
 
@@ -265,9 +280,9 @@ class HistoryStore:
         )
         stored = False
         with self._counted():
-            self._db.execute(
-                "INSERT INTO messages (time, kind, direction, room, peer_id, nick, text, seq,"
-                " instance, state, late, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._db.execute(  # OR IGNORE: a chat line already stored (messages_chat) stays once
+                "INSERT OR IGNORE INTO messages (time, kind, direction, room, peer_id, nick, text,"
+                " seq, instance, state, late, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             stored = True  # committed: autocommit mode, one statement
@@ -276,11 +291,20 @@ class HistoryStore:
                 self._prune_if_over()
         return stored
 
-    def add_direct(self, peer_id: str, nick: str, text: str, msg_id: int, *, instance: int) -> bool:
+    def add_direct(
+        self,
+        peer_id: str,
+        nick: str,
+        text: str,
+        msg_id: int,
+        *,
+        instance: int,
+        when: float | None = None,
+    ) -> bool:
         """A direct message this node sent, in state "sent" until its outcome is recorded."""
         return self.add(
             "direct", "out", peer_id=peer_id, nick=nick, text=text, seq=msg_id,
-            instance=instance, state="sent",
+            instance=instance, state="sent", when=when,
         )  # fmt: skip
 
     def set_direct_state(self, instance: int, msg_id: int, peer_id: str, state: str) -> bool:
@@ -301,6 +325,13 @@ class HistoryStore:
                 return self.add(
                     "chat", "in", peer_id=event.peer_id, nick=event.nick, text=event.text,
                     room=event.room, seq=event.seq, late=getattr(event, "late", False),
+                    instance=event.instance or None,
+                )  # fmt: skip
+            case ev.ChatRecalled():
+                return self.add(
+                    "chat", "in", peer_id=event.peer_id, nick=event.nick, text=event.text,
+                    room=event.room, seq=event.seq, instance=event.instance,
+                    extra={"recalled": True}, when=time.time() - event.age,
                 )  # fmt: skip
             case ev.NoticeReceived():
                 return self.add(
@@ -373,10 +404,35 @@ class HistoryStore:
         with self._counted():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND kind = 'chat'"
-                " ORDER BY id DESC LIMIT ?",
+                " ORDER BY time DESC, id DESC LIMIT ?",
                 (room, max(0, limit)),
             ).fetchall()
         return [_entry(row) for row in reversed(rows)]
+
+    def recall_hint(self, room: str, now: float) -> tuple[float, list[tuple[str, int, int]]]:
+        """What a catch-up of `room` should ask for, given what is stored: (max_age, have).
+
+        max_age reaches back to RECALL_OVERLAP before the newest stored line (at
+        most RECALL_KEEP); `have` names the stored lines in that span (at most
+        RECALL_KEEP_LINES, newest first) as (peer_id, instance, seq).
+        """
+        rows: list[tuple[Any, ...]] = []
+        newest: float | None = None
+        with self._counted():
+            newest = self._db.execute(
+                "SELECT max(time) FROM messages WHERE room = ? AND kind = 'chat'", (room,)
+            ).fetchone()[0]
+            if newest is not None:
+                rows = self._db.execute(
+                    "SELECT peer_id, instance, seq FROM messages WHERE room = ? AND kind = 'chat'"
+                    " AND instance IS NOT NULL AND seq IS NOT NULL AND time >= ?"
+                    " ORDER BY time DESC LIMIT ?",
+                    (room, newest - RECALL_OVERLAP, RECALL_KEEP_LINES),
+                ).fetchall()
+        if newest is None:
+            return RECALL_KEEP, []
+        max_age = min(RECALL_KEEP, max(1.0, now - newest + RECALL_OVERLAP))
+        return max_age, [(str(p), int(i), int(q)) for p, i, q in rows]
 
     def query(
         self,
@@ -414,7 +470,7 @@ class HistoryStore:
         sql = f"SELECT {_COLUMNS} FROM messages"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC"
+        sql += " ORDER BY time DESC, id DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(max(0, limit))

@@ -37,6 +37,7 @@ import random
 import socket
 import struct
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat import netif
-from lanchat.core import Address, Datagram, Identity, NodeCore, Stats
+from lanchat.core import RECALL_KEEP, Address, Datagram, Identity, NodeCore, Stats
 from lanchat.errors import (
     ClosedError,
     ConfigError,
@@ -828,6 +829,7 @@ class Node:
             self.history.add(
                 "chat", "out", peer_id=self.peer_id, nick=self.nick, text=text,
                 room=room.removeprefix("#"), seq=seq,  # the room as the core checked it
+                instance=self._identity.instance if self._identity else None,
             )  # fmt: skip
         return seq
 
@@ -866,6 +868,20 @@ class Node:
     async def query(self) -> None:
         """Ask the group who is there."""
         self._do(lambda core, now: core.query(now))
+
+    async def recall(
+        self, room: str, *, max_age: float | None = None, have: Sequence[tuple[str, int, int]] = ()
+    ) -> None:
+        """Ask the room's members for its recent lines (HistoryRecalled, ChatRecalled follow).
+
+        Without `max_age` and with the history on, it asks only for what the
+        history lacks (`HistoryStore.recall_hint`).
+        """
+        if max_age is None and self.history is not None:
+            max_age, stored = self.history.recall_hint(room.removeprefix("#"), time.time())
+            have = [*have, *stored]
+        age = max_age if max_age is not None else RECALL_KEEP
+        self._do(lambda core, now: core.recall(room, now, max_age=age, have=have))
 
     def subscribe(self) -> asyncio.Queue[ev.Event]:
         """A queue receiving every event from now on (see also `events()`)."""

@@ -63,7 +63,7 @@ REASONS = {
     "oversized", "short", "foreign", "version", "sealed", "malformed", "not a message",
     "missing fields", "bad integer", "bad peer id", "bad string", "bad status",
     "bad rooms", "bad ack kind", "unknown type", "short query", "bad interval",
-    "bad known list",
+    "bad known list", "short recall",
 }  # fmt: skip
 
 # The examples of PROTOCOL.md section 3; each Query is followed by zero padding
@@ -444,7 +444,7 @@ def test_size_limit() -> None:
         pytest.param(_beat(8, ["lob by"]), "bad string", id="room-with-space"),
         pytest.param(_beat(8, [1]), "bad string", id="room-as-int"),
         pytest.param(dgram(0, ALICE, 1), "unknown type", id="type-0"),
-        pytest.param(dgram(12, ALICE, 1, 1), "unknown type", id="type-12"),
+        pytest.param(dgram(99, ALICE, 1, 1), "unknown type", id="type-99"),
         pytest.param(dgram(255, ALICE, 1, 1, 1, 1), "unknown type", id="type-255"),
         pytest.param(dgram("chat", ALICE, 1, 1), "unknown type", id="type-str"),
         pytest.param(dgram(7, ALICE, 1, 4, 1, 1), "bad ack kind", id="ack-kind-4"),
@@ -781,3 +781,177 @@ def test_truncate_utf8_keeps_whole_characters() -> None:
     assert truncate_utf8("é" * 40, 63) == "é" * 31
     assert truncate_utf8("host", 64) == "host"
     assert len(truncate_utf8("\U0001f600" * 20, 64).encode()) == 64
+
+
+# ------------------------------------------- catch-up: Recall (12), Recount (13)
+
+import itertools  # noqa: E402  (the catch-up section, kept apart)
+
+from lanchat.codec import (  # noqa: E402
+    MAX_RECOUNT_ENTRIES,
+    RECALL_SIZE,
+    Recall,
+    Recount,
+    RecountEntry,
+    split_recount,
+)
+
+CAROL_INSTANCE = 0x019B76DAB0000001
+NONCE = 0x5EED5EED5EED5EED
+# The examples of PROTOCOL.md section 11: carol asks for #lobby's last hour (50
+# lines at most); bob answers with a line of alice's and one of his own.
+RECALL_PREFIX = bytes.fromhex(
+    "4c430100980cc408ca401000000ca401cf019b76dab0000001a56c6f626279ce0036ee8032"
+    "cf5eed5eed5eed5eedc50317"
+)
+CATCH_UP_GOLDEN: list[tuple[Recall | Recount, bytes]] = [
+    (Recall(CAROL, CAROL_INSTANCE, "lobby", 3_600_000, 50, NONCE), RECALL_PREFIX + bytes(0x0317)),
+    (
+        Recount(
+            BOB,
+            BOB_INSTANCE,
+            NONCE,
+            "lobby",
+            (
+                RecountEntry(ALICE, ALICE_INSTANCE, 8, "alice", 61_000, "héllo"),
+                RecountEntry(BOB, BOB_INSTANCE, 3, "bob", 2_500, "hi"),
+            ),
+        ),
+        bytes.fromhex(
+            "4c430100960dc408b0b0000000000b0bcf019b76daacd20042cf5eed5eed5eed5eeda56c6f62"
+            "62799296c408a11ce0000000a11ccf019b76daa8004c4308a5616c696365cdee48a668c3a96c"
+            "6c6f96c408b0b0000000000b0bcf019b76daacd2004203a3626f62cd09c4a26869"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("msg", "data"), CATCH_UP_GOLDEN, ids=["Recall", "Recount"])
+def test_catch_up_golden_bytes(msg: Message, data: bytes) -> None:
+    assert encode(msg) == data
+    assert decode(data) == msg
+    text = (Path(lanchat.codec.__file__).parent / "PROTOCOL.md").read_text("utf-8")
+    joined = "".join(line.strip() for line in text.splitlines())
+    if isinstance(msg, Recall):
+        assert len(data) == RECALL_SIZE == QUERY_SIZE
+        pad = len(data) - len(RECALL_PREFIX)
+        assert f"{RECALL_PREFIX.hex()}followed by {pad} (0x{pad:04x}) zero bytes" in joined
+    else:
+        assert re.search(data.hex() + "=", joined)
+
+
+_entries = st.builds(
+    RecountEntry, _ids, _u64, _counters, _names, st.integers(0, 2**32 - 1), _texts(100)
+)
+catch_up_messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(Recall, _ids, _u64, _names, st.integers(1, 2**32 - 1), st.integers(1, 255), _u64),
+    st.builds(
+        Recount, _ids, _u64, _u64, _names, st.lists(_entries, min_size=1, max_size=8).map(tuple)
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(catch_up_messages, st.lists(st.integers(0, 9), max_size=2))
+def test_catch_up_round_trip_and_extra_fields(msg: Message, extra: list[object]) -> None:
+    data = encode(msg)
+    assert decode(data) == msg
+    assert len(data) == RECALL_SIZE if isinstance(msg, Recall) else len(data) <= MAX_PLAIN
+    body = msgpack.unpackb(data[4:])
+    assert decode(dgram(*body, *extra)) == msg
+
+
+@pytest.mark.parametrize("instance", [0, 127, 2**16, U64_MAX])
+@pytest.mark.parametrize("nonce", [0, 255, U64_MAX])
+def test_recall_is_always_recall_size(instance: int, nonce: int) -> None:
+    for room, age, count in [("r", 1, 1), ("r" * 32, 2**32 - 1, 255), ("é" * 16, 128, 128)]:
+        msg = Recall(ALICE, instance, room, age, count, nonce)
+        data = encode(msg)
+        assert len(data) == RECALL_SIZE
+        assert decode(data) == msg
+
+
+def test_unpadded_recall_is_rejected() -> None:
+    # A Recall shorter than RECALL_SIZE could draw answers larger than itself.
+    body = [12, CAROL, CAROL_INSTANCE, "lobby", 3_600_000, 50, NONCE]
+    assert reason_of(dgram(*body, b"")) == "short recall"
+    padded = dgram(*body, bytes(RECALL_SIZE - len(dgram(*body, b"")) - 1))
+    assert len(padded) == RECALL_SIZE and isinstance(decode(padded), Recall)
+    assert reason_of(padded[:-1]) in {"short recall", "malformed"}
+
+
+ENTRY = [ALICE, ALICE_INSTANCE, 8, "alice", 61_000, "hi"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ([12, CAROL, 1, "lo bby", 1, 1, 0, bytes(RECALL_SIZE)], "bad string"),
+        ([12, CAROL, 1, "lobby", 0, 1, 0, bytes(RECALL_SIZE)], "bad integer"),  # age 0
+        ([12, CAROL, 1, "lobby", 2**32, 1, 0, bytes(RECALL_SIZE)], "bad integer"),
+        ([12, CAROL, 1, "lobby", 1, 0, 0, bytes(RECALL_SIZE)], "bad integer"),  # count 0
+        ([12, CAROL, 1, "lobby", 1, 256, 0, bytes(RECALL_SIZE)], "bad integer"),
+        ([12, CAROL, 1, "lobby", 1, 1, bytes(RECALL_SIZE)], "missing fields"),
+        ([13, BOB, 1, NONCE, "lobby", []], "malformed"),  # no entries
+        ([13, BOB, 1, NONCE, "lobby", [[ALICE, 1, 1, "a", 0, ""]] * 51], "malformed"),
+        ([13, BOB, 1, NONCE, "lobby", ENTRY], "malformed"),  # not nested
+        ([13, BOB, 1, NONCE, "lobby", [ENTRY[:5]]], "malformed"),
+        ([13, BOB, 1, NONCE, "lobby", [[ALICE[:7], *ENTRY[1:]]]], "bad peer id"),
+        ([13, BOB, 1, NONCE, "lobby", [[*ENTRY[:2], 0, *ENTRY[3:]]]], "bad integer"),  # seq 0
+        ([13, BOB, 1, NONCE, "lobby", [[*ENTRY[:4], 2**32, ENTRY[5]]]], "bad integer"),
+        ([13, BOB, 1, NONCE, "lobby", [[*ENTRY[:5], "x" * 1001]]], "bad string"),
+        ([13, BOB, 1, NONCE, "lobby", [[*ENTRY[:3], "a b", *ENTRY[4:]]]], "bad string"),
+        ([13, BOB, 1, NONCE, "", [ENTRY]], "bad string"),
+        ([13, BOB, 1, NONCE, "lobby"], "missing fields"),
+    ],
+)
+def test_catch_up_rejections(body: list[Any], reason: str) -> None:
+    assert reason_of(dgram(*body)) == reason
+
+
+def test_recount_entry_limits_are_inclusive() -> None:
+    small = [[ALICE, 1, i + 1, "a", 0, ""] for i in range(MAX_RECOUNT_ENTRIES)]
+    msg = decode(dgram(13, BOB, 1, NONCE, "lobby", small))
+    assert isinstance(msg, Recount) and len(msg.entries) == MAX_RECOUNT_ENTRIES
+    extra = [[*ENTRY, "appended later"]]  # entries may grow fields too
+    assert decode(dgram(13, BOB, 1, NONCE, "lobby", extra)) == Recount(
+        BOB, 1, NONCE, "lobby", (RecountEntry(*ENTRY),)
+    )
+    with pytest.raises(ConfigError):
+        encode(Recount(BOB, 1, NONCE, "lobby", ()))
+    with pytest.raises(ConfigError):
+        encode(Recall(CAROL, 1, "lobby", 0, 1, NONCE))
+
+
+def _worst_entry(seq: int = U64_MAX) -> RecountEntry:
+    return RecountEntry(b"\xff" * 8, U64_MAX, seq, "n" * 32, 2**32 - 1, "x" * 1000)
+
+
+def test_catch_up_worst_case_sizes() -> None:
+    # The table of PROTOCOL.md section 7 (Recall) and 11 (Recount with one worst entry).
+    worst_recall = Recall(b"\xff" * 8, U64_MAX, "r" * 32, 2**32 - 1, 255, U64_MAX)
+    assert len(encode(worst_recall)) == RECALL_SIZE == 840
+    one = Recount(b"\xff" * 8, U64_MAX, U64_MAX, "r" * 32, (_worst_entry(),))
+    assert len(encode(one)) == 1140 <= MAX_PLAIN
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 1000), min_size=1, max_size=60))
+def test_split_recount_keeps_order_and_size(text_sizes: list[int]) -> None:
+    entries = tuple(
+        RecountEntry(ALICE, ALICE_INSTANCE, i + 1, "alice", i, "é" * (n // 2))
+        for i, n in enumerate(text_sizes)
+    )
+    parts = split_recount(BOB, U64_MAX, U64_MAX, "r" * 32, entries)
+    assert tuple(e for part in parts for e in part.entries) == entries
+    for part in parts:
+        data = encode(part)  # raises if over MAX_PLAIN
+        assert decode(data) == part and len(data) <= MAX_PLAIN
+    assert len(parts) <= len(entries)
+    for first, second in itertools.pairwise(parts):  # greedy: no two parts could be one
+        bodies = [
+            list(msgpack.unpackb(encode(first)[4:])[5]),
+            msgpack.unpackb(encode(second)[4:])[5][0],
+        ]
+        joined = dgram(13, BOB, U64_MAX, U64_MAX, "r" * 32, [*bodies[0], bodies[1]])
+        assert len(first.entries) == MAX_RECOUNT_ENTRIES or len(joined) > MAX_PLAIN - 2

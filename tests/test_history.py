@@ -290,7 +290,9 @@ def filled(store_path: Path) -> Path:
             room="dev",
             when=T0 + next(at),
         )
-        store.add_direct(BOB, "bob", "psst", 1, instance=7)
+        store.add_direct(
+            BOB, "bob", "psst", 1, instance=7, when=T0 + next(at)
+        )  # rows print in time order
         store.set_direct_state(7, 1, BOB, "delivered")
         add("direct", "in", peer_id=BOB, nick="bob", text="yo \x1b[2J", seq=1, when=T0 + next(at))
         add("notice", "in", peer_id=BOB, nick="bob", text="fire drill", when=T0 + next(at))
