@@ -203,6 +203,39 @@ class MessagesLost:
     last_seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class PairSought:
+    """Another peer started looking for a random partner (once per search of theirs)."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """This node and `peer` agreed to a private one-to-one conversation."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PairEnded:
+    """The pair with `peer` is over.
+
+    `reason`: "you left" (this node ended it), "partner left" (the partner did),
+    or "partner gone" (the partner left the LAN, timed out or restarted).
+    """
+
+    peer: PeerInfo
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairSearchExpired:
+    """No partner was found within `waited` seconds; this node stopped looking."""
+
+    waited: float
+
+
 Event = (
     PeerJoined
     | PeerRestarted
@@ -222,4 +255,8 @@ Event = (
     | UnauthenticatedReceived
     | MessagesLost
     | InterfacesChanged
+    | PairSought
+    | Paired
+    | PairEnded
+    | PairSearchExpired
 )
