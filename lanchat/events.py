@@ -222,7 +222,8 @@ class PairEnded:
     """The pair with `peer` is over.
 
     `reason`: "you left" (this node ended it), "partner left" (the partner did),
-    or "partner gone" (the partner left the LAN, timed out or restarted).
+    "partner gone" (the partner left the LAN, timed out or restarted), or
+    "unconfirmed" (the handshake's last step was lost; this node looks on).
     """
 
     peer: PeerInfo

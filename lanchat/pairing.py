@@ -28,9 +28,10 @@ State table (events in brackets; "send" is what goes out):
     PROPOSING  Propose                 PROPOSING  Decline (busy)
     ACCEPTING  Confirm (same pair)     PAIRED     [Paired]
     ACCEPTING  Withdraw / Unpair       SEEKING    -
-    ACCEPTING  gives up                SEEKING    Unpair (retried)
+    ACCEPTING  gives up (no Confirm)   SEEKING    Unpair abort (retried)
     PAIRED     stop() (/leave)         IDLE       Unpair (retried) [PairEnded "you left"]
     PAIRED     Unpair / Withdraw       IDLE       [PairEnded "partner left"]
+    PAIRED     Unpair abort            SEEKING    [PairEnded "unconfirmed"]
     PAIRED     partner seeks anew      IDLE       [PairEnded "partner left"]
     PAIRED     partner left/restarted  IDLE       [PairEnded "partner gone"]
     any but    stop()                  IDLE       Withdraw / Unpair to the other side
