@@ -138,7 +138,9 @@ def test_interactive_join_in_a_terminal(lab: Lab, tmux: Tmux, tmp_path: Path) ->
     assert carol.stdin is not None
     carol.stdin.write("interrupting line from carol\n")
     carol.stdin.flush()
-    screen = tmux.wait_screen(lambda s: "<carol> interrupting line from carol" in s)
+    screen = tmux.wait_screen(  # the line printed, and the prompt redrawn below it
+        lambda s: "<carol> interrupting line from carol" in s and "alice>" in nonblank(s)[-1]
+    )
     # ...prints above the prompt, which still holds exactly what was typed.
     lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
     assert lines[-1].endswith("alice> typing in prog"), screen
