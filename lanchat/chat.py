@@ -54,9 +54,11 @@ __all__ = [
     "Notice",
     "Peers",
     "Quit",
+    "Random",
     "Rooms",
     "Say",
     "SentDirect",
+    "Who",
     "ansi",
     "completions",
     "entry_fragments",
@@ -64,6 +66,7 @@ __all__ = [
     "format_event",
     "format_peers",
     "format_rooms",
+    "format_who",
     "help_lines",
     "nick_style",
     "parse_line",
@@ -85,6 +88,12 @@ _NOTICE_LINGER: Final = cfg.NOTICE_DELAYS[-1] + 0.05
 _ANNOUNCE_LINGER: Final = cfg.ANNOUNCE_DELAYS[1] + 0.05
 # Outcome lines quote this much of the direct message they report on.
 _QUOTE_CHARS: Final = 40
+# A notice stays pinned above the prompt this long (or until the next one): long
+# enough to be read after a coffee, short enough not to hide the chat for good.
+_NOTICE_PINNED: Final = 600.0
+# Direct messages in flight shown above the prompt; the rest are counted. Each
+# settles within cfg.DIRECT_GIVE_UP (5 s), so only a burst ever reaches this.
+_MAX_SHOWN_IN_FLIGHT: Final = 3
 # Chunks read from stdin but not yet taken by the session; the reader thread
 # waits past this, so a huge piped file is not read into memory at once.
 _MAX_PENDING_CHUNKS: Final = 16
@@ -228,6 +237,18 @@ class Quit:
 
 
 @dataclass(frozen=True, slots=True)
+class Who:
+    """Show who is in a room (None: the current one)."""
+
+    room: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Random:
+    """Ask to be paired with another peer who asked too, for a private conversation."""
+
+
+@dataclass(frozen=True, slots=True)
 class Invalid:
     """A line that is no valid command; `reason` says why."""
 
@@ -235,8 +256,9 @@ class Invalid:
 
 
 Command = (
-    Say | Help | Nick | Msg | Notice | Peers | Join | Leave | Rooms | Away | Back | Quit | Invalid
-)
+    Say | Help | Nick | Msg | Notice | Peers | Join | Leave | Rooms | Away | Back | Quit
+    | Who | Random | Invalid
+)  # fmt: skip
 
 _HELP: Final = (
     ("TEXT", "chat to the current room (start with // to send a leading /)"),
@@ -244,8 +266,10 @@ _HELP: Final = (
     ("/notice TEXT", "notice to everyone on the LAN, shown prominently"),
     ("/nick NEW", "change your nickname"),
     ("/join ROOM", "join a room and make it current"),
-    ("/leave [ROOM]", "leave a room (default: the current one)"),
+    ("/leave [ROOM]", "leave a room (default: the current one, or the private chat)"),
     ("/rooms", "joined rooms and who is in them"),
+    ("/who [ROOM]", "who is in a room, their status and when last heard"),
+    ("/random", "pair up with someone else who types /random, privately"),
     ("/peers", "every known peer"),
     ("/away [TEXT]", "mark yourself away"),
     ("/back", "mark yourself back"),
@@ -263,7 +287,9 @@ COMMANDS: Final = (
     "/notice",
     "/peers",
     "/quit",
+    "/random",
     "/rooms",
+    "/who",
 )
 
 
@@ -318,6 +344,12 @@ def parse_line(line: str) -> Command | None:
         return Leave(args[0] if args else None)
     if name == "away":
         return Away(rest)
+    if name == "who":
+        if len(args) > 1:
+            return Invalid("usage: /who [ROOM]")
+        return Who(args[0] if args else None)
+    if name == "random":
+        return Random() if not args else Invalid("usage: /random (no arguments)")
     return Invalid(f"unknown command /{words[0]}; try /help")
 
 
@@ -331,11 +363,11 @@ def completions(text: str, nicks: Iterable[str], rooms: Iterable[str]) -> list[s
     first = words[0].lower()
     if len(words) == 1 and word.startswith("/"):
         return [f"{c} " for c in COMMANDS if c.startswith(word.lower())]
-    if len(words) == 2 and first in ("/join", "/leave"):
+    if len(words) == 2 and first in ("/join", "/leave", "/who"):
         hash_ = "#" if word.startswith("#") else ""
         bare = word.removeprefix("#").casefold()
         return [hash_ + r for r in sorted(set(rooms)) if r.casefold().startswith(bare)]
-    if len(words) > 1 and first in ("/join", "/leave", "/nick"):
+    if len(words) > 1 and first in ("/join", "/leave", "/nick", "/who", "/random"):
         return []
     msg_peer = len(words) == 2 and first == "/msg"
     if not word and not msg_peer:
@@ -354,6 +386,18 @@ class SentDirect:
 
     nick: str
     text: str
+    stamp: str = ""  # when it was sent (HH:MM:SS), for the line that updates in place
+
+
+def direct_fragments(sent: SentDirect, state: str, detail: str = "") -> Fragments:
+    """One own direct message with its delivery state: sent, delivered, unconfirmed, failed."""
+    style = _STATE_STYLES.get(state, _INFO_STYLE)
+    return [
+        (_TIME_STYLE, sent.stamp),
+        ("bold", f" [dm -> {sanitize(sent.nick)}] "),
+        ("", sanitize(sent.text)),
+        (style, f" ({state}{detail})"),
+    ]
 
 
 def _quote(text: str) -> str:
@@ -431,7 +475,43 @@ def event_fragments(
             return [*head, *_network_fragments(added, removed, active)]
         case ev.NetworkErrorReported(message=message):
             return [*head, (_ERROR_STYLE, f"!!! {sanitize(message)}")]
+        case ev.PairSought() | ev.Paired() | ev.PairEnded() | ev.PairSearchExpired():
+            return [*head, *_pair_fragments(event)]
     return [*head, *_peer_fragments(event)]
+
+
+def _pair_fragments(
+    event: ev.PairSought | ev.Paired | ev.PairEnded | ev.PairSearchExpired,
+) -> Fragments:
+    """Random pairing: someone looks, a pair formed or ended, nobody came."""
+    match event:
+        case ev.PairSought(peer=p):
+            return [
+                ("", "--- "),
+                *_nick(p.nick),
+                ("", " is looking for a partner: /random to pair"),
+            ]
+        case ev.Paired(peer=p):
+            return [
+                ("bold", "*** paired with "),
+                *_nick(p.nick),
+                ("bold", f" ({sanitize(p.host)}): what you type goes to them only; /leave ends it"),
+            ]
+        case ev.PairEnded(peer=p, reason="you left"):
+            return [("", "--- you left the conversation with "), *_nick(p.nick)]
+        case ev.PairEnded(peer=p, reason="partner left"):
+            return [("", "--- "), *_nick(p.nick), ("", " left the conversation")]
+        case ev.PairEnded(peer=p, reason="unconfirmed"):
+            return [
+                ("", "--- pairing with "),
+                *_nick(p.nick),
+                ("", " was not confirmed (datagrams lost); still looking"),
+            ]
+        case ev.PairEnded(peer=p, reason=reason):
+            how = "is gone" if reason == "partner gone" else f"ended it ({sanitize(reason)})"
+            return [("", "--- "), *_nick(p.nick), ("", f" {how}; the conversation is over")]
+        case ev.PairSearchExpired(waited=waited):
+            return [("", f"--- nobody paired with you in {waited:.0f}s; /random to try again")]
 
 
 def _network_fragments(
@@ -599,6 +679,25 @@ def format_peers(peers: Sequence[ev.PeerInfo], now: float) -> list[str]:
     return format_table(rows)
 
 
+def format_who(
+    room: str, peers: Sequence[ev.PeerInfo], now: float, me: ev.PeerInfo | None = None
+) -> list[str]:
+    """The /who roster of one room: nickname, status and when last heard; `me` first."""
+    members = [p for p in peers if room in p.rooms]
+    count = len(members) + (me is not None)
+    title = f"#{sanitize(room)}: {count} {'person' if count == 1 else 'people'}"
+    if not count:
+        return [f"{title} (nobody here)"]
+    rows = [("NICK", "STATUS", "HEARD")]
+    for p in [*([me] if me is not None else []), *members]:
+        status = p.status + (f": {p.status_text}" if p.status_text else "")
+        if p.state != "alive":
+            status += f" ({p.state})"
+        heard = "(you)" if p is me else f"{max(0.0, now - p.last_heard):.1f}s ago"
+        rows.append((sanitize(p.nick), sanitize(status), heard))
+    return [title, *(f"  {line}" for line in format_table(rows))]
+
+
 def format_rooms(
     rooms: Sequence[str], current: str | None, peers: Sequence[ev.PeerInfo]
 ) -> list[str]:
@@ -677,6 +776,10 @@ class _Session:
         self.linger_until = float("-inf")  # loop time before which exiting drops repeats
         self.history_errors = 0  # failed history writes already reported
         self.catch_up_rooms = True  # ask peers for a room's recent lines on joining it
+        self.away: str | None = None  # our own away text, for /who
+        # The last notice, pinned above the prompt (interactive) until a newer one or
+        # _NOTICE_PINNED seconds pass: (loop time, its line).
+        self.pinned: tuple[float, Fragments] | None = None
 
     # -- output
 
@@ -733,7 +836,31 @@ class _Session:
 
     def prompt(self) -> str:
         room = f"#{self.room}" if self.room else "no room"
+        with contextlib.suppress(LanchatError):
+            partner = self.node.partner
+            if partner is not None:
+                return f"[private: {sanitize(partner.nick)}] {self.node.nick}> "
+            if self.node.pair_state == "seeking":
+                room += ", seeking"
         return f"[{room}] {self.node.nick}> "
+
+    def prompt_fragments(self, columns: int) -> Fragments:
+        """What stands above the typed line: the pinned notice, direct messages in
+        flight (their state changes in place), then the prompt itself."""
+        above: list[Fragments] = []
+        now = asyncio.get_running_loop().time()
+        if self.pinned is not None and now - self.pinned[0] < _NOTICE_PINNED:
+            above.append(self.pinned[1])
+        flying = list(self.sent.values())
+        for sent in flying[-_MAX_SHOWN_IN_FLIGHT:]:
+            above.append(direct_fragments(sent, "sent"))
+        if len(flying) > _MAX_SHOWN_IN_FLIGHT:
+            more = len(flying) - _MAX_SHOWN_IN_FLIGHT
+            above.append([(_INFO_STYLE, f"         (+{more} more direct messages in flight)")])
+        out: Fragments = []
+        for line in above:
+            out += [*_fit(line, columns - 1), ("", "\n")]
+        return [*out, ("", self.prompt())]
 
     # -- events
 
@@ -752,7 +879,17 @@ class _Session:
         nicks: dict[str, str] | None = None
         if isinstance(event, ev.DirectDelivered | ev.DirectFailed | ev.NoticeAcknowledged):
             nicks = {p.peer_id: p.nick for p in self.node.peers()}
-        self.show(event_fragments(event, datetime.now(), sent=self.sent, nicks=nicks))
+        fragments = event_fragments(event, datetime.now(), sent=self.sent, nicks=nicks)
+        if isinstance(event, ev.NoticeReceived):
+            self.pinned = (asyncio.get_running_loop().time(), fragments)
+        outcome = self.sent.get(event.msg_id) if isinstance(event, _OUTCOMES) else None
+        if self.interactive and outcome is not None:
+            # The "sent" line above the prompt turns into its final state, in place.
+            self.show(direct_fragments(outcome, *_outcome_state(event)))  # type: ignore[arg-type]
+        else:
+            self.show(fragments)
+        if isinstance(event, ev.PairEnded) and event.reason != "unconfirmed":
+            self.info(f"back in #{self.room}" if self.room else "you are in no room")
         self.check_history()
         if (
             isinstance(event, ev.DirectDelivered | ev.DirectFailed)
@@ -802,21 +939,14 @@ class _Session:
                 if self.room is None:
                     self.error("you are in no room; /join ROOM first")
                     return
+                if node.partner is not None:
+                    await self._direct(node.partner, text)
+                    return
                 seq = await node.say(self.room, text)
                 echo = ev.ChatReceived(node.peer_id, node.nick, self.room, text, seq)
                 self.show(event_fragments(echo, datetime.now()))
             case Msg(peer=name, text=text):
-                peer = await node.lookup(name)
-                msg_id = await node.send_direct(peer.peer_id, text)
-                self.sent[msg_id] = SentDirect(peer.nick, text)
-                self.show(
-                    [
-                        (_TIME_STYLE, self._stamp()),
-                        ("bold", f" [dm -> {sanitize(peer.nick)}] "),
-                        ("", sanitize(text)),
-                        (_INFO_STYLE, " (sent)"),
-                    ]
-                )
+                await self._direct(await node.lookup(name), text)
             case Notice(text=text):
                 await node.notice(text)
                 self.linger(_NOTICE_LINGER)
@@ -844,12 +974,24 @@ class _Session:
                 await self._leave(name)
             case Away(text=text):
                 await node.set_away(text)
+                self.away = text
                 self.linger(_ANNOUNCE_LINGER)
                 self.info(f"you are away: {sanitize(text)}" if text else "you are away")
             case Back():
                 await node.set_away(None)
+                self.away = None
                 self.linger(_ANNOUNCE_LINGER)
                 self.info("you are back")
+            case Who(room=name):
+                where = check_room(name) if name is not None else self.room
+                if where is None:
+                    self.error("you are in no room; /who ROOM")
+                    return
+                me = self._me() if where in node.rooms else None
+                now = asyncio.get_running_loop().time()
+                self.lines(format_who(where, node.peers(), now, me))
+            case Random():
+                await self._random()
             case Peers():
                 self.lines(format_peers(node.peers(), asyncio.get_running_loop().time()))
             case Rooms():
@@ -859,7 +1001,39 @@ class _Session:
             case Invalid(reason=reason):
                 self.error(reason)
 
+    async def _direct(self, peer: ev.PeerInfo, text: str) -> None:
+        """Send a direct message; its state shows as it changes (sent, then the outcome)."""
+        msg_id = await self.node.send_direct(peer.peer_id, text)
+        self.sent[msg_id] = sent = SentDirect(peer.nick, text, self._stamp())
+        if not self.interactive:  # a terminal shows it above the prompt until the outcome
+            self.show(direct_fragments(sent, "sent"))
+
+    def _me(self) -> ev.PeerInfo:
+        """This node as a /who row."""
+        node = self.node
+        status, text = ("away", self.away) if self.away is not None else ("online", "")
+        now = asyncio.get_running_loop().time()
+        return ev.PeerInfo(
+            node.peer_id, 0, node.nick, "", "", 0, (), node.rooms, status, text, "alive", now, 0.0
+        )
+
+    async def _random(self) -> None:
+        partner = self.node.partner
+        if partner is not None:
+            self.info(f"you are talking with {sanitize(partner.nick)}; /leave first")
+        elif await self.node.seek_partner():
+            self.info("looking for a partner: whoever else types /random; /leave to stop")
+        else:
+            self.info("still looking for a partner; /leave to stop")
+
     async def _leave(self, name: str | None) -> None:
+        if name is None and self.node.pair_state != "idle":
+            was_paired = self.node.partner is not None
+            await self.node.end_pair()
+            self.linger(_ANNOUNCE_LINGER)
+            if not was_paired:
+                self.info("stopped looking for a partner")
+            return
         room = check_room(name) if name is not None else self.room
         if room is None or room not in self.node.rooms:
             self.error(f"you are not in #{sanitize(room)}" if room else "you are in no room")
@@ -870,6 +1044,38 @@ class _Session:
             self.room = self.node.rooms[0] if self.node.rooms else None
         now_in = f"; talking in #{self.room}" if self.room else "; you are in no room now"
         self.info(f"left #{room}{now_in}")
+
+
+_OUTCOMES: Final = (ev.DirectDelivered, ev.DirectFailed)
+
+
+def _outcome_state(event: ev.DirectDelivered | ev.DirectFailed) -> tuple[str, str]:
+    """A direct message's final state and its detail, as the in-place line shows them."""
+    if isinstance(event, ev.DirectDelivered):
+        return "delivered", ""
+    if event.peer_alive:
+        return "unconfirmed", ": peer was alive; acknowledgements lost"
+    return "failed", f": no answer after {event.attempts} attempts"
+
+
+def _fit(fragments: Fragments, columns: int) -> Fragments:
+    """Fragments cut to one line of `columns` cells (an ellipsis marks the cut)."""
+    out: Fragments = []
+    room = max(1, columns)
+    for style, text in fragments:
+        width = get_cwidth(text)
+        if width <= room:
+            out.append((style, text))
+            room -= width
+            continue
+        cut = ""
+        for ch in text:
+            if get_cwidth(cut + ch) > room - 1:
+                break
+            cut += ch
+        out.append((style, cut + "…"))
+        break
+    return out
 
 
 class _ChatCompleter(Completer):
@@ -894,6 +1100,9 @@ class _ChatCompleter(Completer):
 
 
 async def _interactive(session: _Session) -> None:
+    def message() -> FormattedText:
+        return FormattedText(session.prompt_fragments(prompt.app.output.get_size().columns))
+
     prompt: PromptSession[str] = PromptSession(
         history=InMemoryHistory(),
         completer=_ChatCompleter(session),
@@ -905,7 +1114,7 @@ async def _interactive(session: _Session) -> None:
         session.info("type /help for commands, /quit to leave")
         while True:
             try:
-                line = await prompt.prompt_async(session.prompt)
+                line = await prompt.prompt_async(message)
             except (EOFError, KeyboardInterrupt):
                 break
             if not await session.handle(line):

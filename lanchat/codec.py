@@ -48,6 +48,14 @@ _STATUSES: Final = (STATUS_ONLINE, STATUS_AWAY)
 
 T_BEAT, T_QUERY, T_BYE, T_CHAT, T_NOTICE, T_DIRECT, T_ACK, T_PING, T_PONG = range(1, 10)
 T_NACK, T_GONE = 10, 11
+# Random pairing (PROTOCOL.md section 12): 12 and 13 are reserved for catch-up.
+T_SEEK, T_PAIR, T_UNPAIR = 14, 15, 16
+# Steps of a Pair handshake: the proposer sends PROPOSE, CONFIRM and WITHDRAW,
+# the proposed-to peer ACCEPT and DECLINE.
+PAIR_PROPOSE, PAIR_ACCEPT, PAIR_CONFIRM, PAIR_DECLINE, PAIR_WITHDRAW = range(5)
+# Kinds of Unpair: the pair is over; that answers an Unpair; the accepting side
+# gave up before the Confirm came (the proposer may think itself paired).
+UNPAIR_END, UNPAIR_ACK, UNPAIR_ABORT = range(3)
 # A Nack asks for at most 16 ranges of seqs (351 bytes at worst): enough for
 # the holes one receiver has in one sender's stream between two repair rounds.
 MAX_NACK_RANGES: Final = 16
@@ -194,6 +202,44 @@ class Gone:
     ranges: Ranges
 
 
+@dataclass(slots=True)
+class Seek:
+    """The sender wants a random one-to-one partner (multicast, repeated while it seeks).
+
+    `seek_id` numbers the sender's searches: a partner seen seeking anew has left the pair.
+    """
+
+    sender: bytes
+    instance: int
+    seek_id: int
+
+
+@dataclass(slots=True)
+class Pair:
+    """One step of the pairing handshake (unicast), for the pair (proposer, pair_id).
+
+    The proposer is the sender for PAIR_PROPOSE, PAIR_CONFIRM and PAIR_WITHDRAW,
+    the receiver for PAIR_ACCEPT and PAIR_DECLINE. `seek_id` is the sender's own.
+    """
+
+    sender: bytes
+    instance: int
+    step: int
+    pair_id: int
+    seek_id: int
+
+
+@dataclass(slots=True)
+class Unpair:
+    """Ends the pair (proposer, pair_id) (unicast, retried until answered by kind UNPAIR_ACK)."""
+
+    sender: bytes
+    instance: int
+    proposer: bytes
+    pair_id: int
+    kind: int
+
+
 # Message (every type) is defined at the end of the file, after Recall and Recount.
 
 
@@ -308,6 +354,12 @@ def encode(msg: Message) -> bytes:
             body = _padded_recall(msg)
         case Recount():
             body = _recount_body(msg)
+        case Seek():
+            body = [T_SEEK, msg.sender, msg.instance, msg.seek_id]
+        case Pair():
+            body = [T_PAIR, msg.sender, msg.instance, msg.step, msg.pair_id, msg.seek_id]
+        case Unpair():
+            body = [T_UNPAIR, msg.sender, msg.instance, msg.proposer, msg.pair_id, msg.kind]
     data: bytes = HEADER + msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_PLAIN:
         raise ConfigError(f"message too large: {len(data)} bytes, at most {MAX_PLAIN}")
@@ -527,6 +579,21 @@ def decode(data: bytes, opener: Opener | None = None) -> Message:
         return _decode_recall(data, body, sender, instance)
     if kind == T_RECOUNT:
         return _decode_recount(body, sender, instance)
+    if kind == T_SEEK:
+        _n(body, 4)
+        return Seek(sender, instance, _u(body[3], low=1))
+    if kind == T_PAIR:
+        _n(body, 6)
+        step = _u(body[3], 8)
+        if step > PAIR_WITHDRAW:
+            raise _bad("malformed")
+        return Pair(sender, instance, step, _u(body[4], low=1), _u(body[5], low=1))
+    if kind == T_UNPAIR:
+        _n(body, 6)
+        unpair_kind = _u(body[5], 8)
+        if unpair_kind > UNPAIR_ABORT:
+            raise _bad("malformed")
+        return Unpair(sender, instance, _id(body[3]), _u(body[4], low=1), unpair_kind)
     raise _bad("unknown type")
 
 
@@ -663,4 +730,5 @@ def _decode_recount(body: list[Any], sender: bytes, instance: int) -> Recount:
 
 Message = (
     Beat | Query | Bye | Chat | Notice | Direct | Ack | Ping | Pong | Nack | Gone | Recall | Recount
-)
+    | Seek | Pair | Unpair
+)  # fmt: skip

@@ -26,6 +26,7 @@ from lanchat.codec import DecodeError
 from lanchat.config import NodeConfig
 from lanchat.errors import ClosedError, ConfigError, PeerError
 from lanchat.membership import Membership, PeerRecord, Timeouts
+from lanchat.pairing import PAIRED, Pairing
 from lanchat.seal import SEALED_HEADER, TAG_BYTES, KeyRing, Opener, Sealer
 
 Address = tuple[str, int]
@@ -417,6 +418,7 @@ class NodeCore:
         self._recall_bucket = _Bucket(_RECALL_BYTES, 0.0)
         self._own_recalls: dict[str, _OwnRecall] = {}
         self._own_nonces: dict[int, str] = {}  # nonce -> room of our request
+        self._pairing = Pairing(identity.peer_id, identity.instance, self.members, rng)
         self.started = False
         self.closed = False
         self._beat_size = float(len(self._beat()) + cfg.HEADER_BYTES)
@@ -446,6 +448,8 @@ class NodeCore:
         if self.closed or self._byes_left:
             return
         self._next_beat = float("inf")
+        self._pairing.stop(now)  # a partner hears "left" now, not at our Bye
+        self._drain_pairing()
         if not (self.config.member and self.started):
             self.closed = True
             return
@@ -533,6 +537,38 @@ class NodeCore:
             if not self.config.all_rooms:
                 self._rings.pop(room, None)  # we stop hearing it: the ring would have a gap
             self._end_own_recall(room)
+
+    def seek_partner(self, now: float) -> bool:
+        """Look for a random one-to-one partner (PROTOCOL.md section 12).
+
+        False if this node is looking already or is paired. `Paired` follows when
+        another seeker agrees, `PairSearchExpired` if none does in time.
+        """
+        self._check_open()
+        if not self.config.member:
+            raise ConfigError("only a member node can pair")
+        started = self._pairing.seek(now)
+        self._drain_pairing()
+        return started
+
+    def end_pair(self, now: float) -> bool:
+        """Stop looking for a partner, or end the pair (the partner is told); False if neither."""
+        ended = self._pairing.stop(now)
+        self._drain_pairing()
+        return ended
+
+    @property
+    def pair_state(self) -> str:
+        """ "idle", "seeking" (a handshake in progress counts as seeking) or "paired"."""
+        state = self._pairing.state
+        return state if state in ("idle", PAIRED) else "seeking"
+
+    @property
+    def partner(self) -> ev.PeerInfo | None:
+        """The partner while paired (None when the partner is no longer in the peer table)."""
+        peer_id = self._pairing.partner
+        rec = self.members.get(peer_id) if peer_id is not None else None
+        return rec.info() if rec is not None else None
 
     def query(self, now: float) -> None:
         """Ask the group who is there now."""
@@ -737,6 +773,15 @@ class NodeCore:
                 self._on_recall(msg, ip, now)
             case codec.Recount():
                 self._on_recount(msg, now)
+            case codec.Seek():
+                self._pairing.on_seek(msg, now)
+                self._drain_pairing()
+            case codec.Pair():
+                self._pairing.on_pair(msg, source, now)
+                self._drain_pairing()
+            case codec.Unpair():
+                self._pairing.on_unpair(msg, source, now)
+                self._drain_pairing()
 
     # ------------------------------------------------------------- internals
 
@@ -769,6 +814,9 @@ class NodeCore:
                     self._end_streams(peer, left=True, bye=reason == "bye")
                 case ev.PeerJoined(peer=peer) | ev.PeerRestarted(peer=peer):
                     self._end_streams(peer, left=False, bye=False)
+            if isinstance(event, ev.PeerLeft | ev.PeerRestarted):
+                self._pairing.peer_gone(event.peer)
+                self._drain_pairing()
 
     def _multicast(self, data: bytes) -> None:
         self._out.append(Datagram(data, None))
@@ -780,6 +828,25 @@ class NodeCore:
             self._out.append(Datagram(data, to))
         else:
             self.stats.withheld += 1
+
+    def _drain_pairing(self) -> None:
+        """Send, book and emit what the pairing logic queued (PROTOCOL.md section 12)."""
+        pairing = self._pairing
+        for msg, to, via in pairing.take_out():
+            data = codec.encode(msg)
+            if to is None:
+                self._multicast(data)
+                continue
+            rec = self.members.get(to)
+            dests = rec.destinations() if rec is not None else [via] if via else []
+            for dest in dests:  # unicast answers a remote peer's datagram: charged (13.3)
+                if self.limits.spend(dest[0], len(data) + self._growth):
+                    self._out.append(Datagram(data, dest))
+                else:
+                    self.stats.withheld += 1
+        for when, token in pairing.take_timers():
+            self._at(when, "pair", token)
+        self._events.extend(pairing.take_events())
 
     def _count_drop(self, reason: str, source: Address, now: float) -> None:
         counter = _DROP_COUNTERS.get(reason, "malformed")
@@ -958,6 +1025,9 @@ class NodeCore:
             self._answer_recall(key, now)
         elif kind == "recall":
             self._recall_due(key, now)
+        elif kind == "pair":
+            self._pairing.on_timer(key, now)
+            self._drain_pairing()
         elif kind == "direct_done":
             pending = self._directs.pop(key, None)
             if pending is not None:

@@ -251,6 +251,40 @@ class ChatRecalled:
     age: float
 
 
+@dataclass(frozen=True, slots=True)
+class PairSought:
+    """Another peer started looking for a random partner (once per search of theirs)."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """This node and `peer` agreed to a private one-to-one conversation."""
+
+    peer: PeerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PairEnded:
+    """The pair with `peer` is over.
+
+    `reason`: "you left" (this node ended it), "partner left" (the partner did),
+    "partner gone" (the partner left the LAN, timed out or restarted), or
+    "unconfirmed" (the handshake's last step was lost; this node looks on).
+    """
+
+    peer: PeerInfo
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairSearchExpired:
+    """No partner was found within `waited` seconds; this node stopped looking."""
+
+    waited: float
+
+
 Event = (
     PeerJoined
     | PeerRestarted
@@ -273,4 +307,8 @@ Event = (
     | NetworkErrorReported
     | HistoryRecalled
     | ChatRecalled
+    | PairSought
+    | Paired
+    | PairEnded
+    | PairSearchExpired
 )

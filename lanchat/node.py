@@ -865,6 +865,24 @@ class Node:
     async def leave_room(self, room: str) -> None:
         self._do(lambda core, now: core.leave_room(room, now))
 
+    async def seek_partner(self) -> bool:
+        """Look for a random one-to-one partner; False if looking already or paired."""
+        return bool(self._do(lambda core, now: core.seek_partner(now)))
+
+    async def end_pair(self) -> bool:
+        """Stop looking, or end the pair (the partner is told); False if neither."""
+        return bool(self._do(lambda core, now: core.end_pair(now)))
+
+    @property
+    def pair_state(self) -> str:
+        """Random pairing: "idle", "seeking" or "paired"."""
+        return self._require().pair_state
+
+    @property
+    def partner(self) -> ev.PeerInfo | None:
+        """The random partner while paired."""
+        return self._require().partner
+
     async def query(self) -> None:
         """Ask the group who is there."""
         self._do(lambda core, now: core.query(now))

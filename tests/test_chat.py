@@ -664,3 +664,155 @@ def test_interactive_prompt_keeps_typed_line_intact(lo_port: int, tmp_path: Path
     assert child.exitstatus == 0
     assert [e.text for e in got if isinstance(e, ev.ChatReceived)] == ["hello world"]
     assert [e.peer.nick for e in got if isinstance(e, ev.PeerRenamed)] == ["al"]
+
+
+# ------------------------------------------------ /who, /random, the screen
+
+from lanchat.chat import Random, Who, direct_fragments, format_who, plain  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("/who", Who(None)),
+        ("/who #dev", Who("#dev")),
+        ("/who a b", Invalid("usage: /who [ROOM]")),
+        ("/random", Random()),
+        ("/RANDOM", Random()),
+        ("/random bob", Invalid("usage: /random (no arguments)")),
+    ],
+)
+def test_parse_who_and_random(line: str, expected: Command) -> None:
+    assert parse_line(line) == expected
+
+
+def test_completions_of_who_and_random() -> None:
+    assert completions("/w", [], []) == ["/who "]
+    assert completions("/ra", [], []) == ["/random "]
+    assert completions("/who l", ["bob"], ["lobby", "dev"]) == ["lobby"]
+    assert completions("/random b", ["bob"], ["lobby"]) == []
+
+
+def test_format_who() -> None:
+    me = peer("alice", peer_id=ALICE_ID, rooms=("lobby",))
+    carol = peer(
+        "carol",
+        peer_id="c0c0c0c0c0c0c0c0",
+        rooms=("lobby",),
+        status="away",
+        status_text="lunch",
+        last_heard=98.75,
+    )
+    dave = peer("dave", peer_id="d0d0d0d0d0d0d0d0", rooms=("dev",))
+    ghost = peer("gh\x1b[2Jost", peer_id="e0e0e0e0e0e0e0e0", rooms=("lobby",), state="unreachable")
+    lines = format_who("lobby", [peer(), carol, dave, ghost], 100.5, me)
+    assert lines == [
+        "#lobby: 4 people",
+        "  NICK   STATUS                HEARD",
+        "  alice  online                (you)",
+        "  bob    online                0.5s ago",
+        "  carol  away: lunch           1.8s ago",
+        "  ghost  online (unreachable)  0.5s ago",
+    ]
+    assert format_who("dev", [peer(), dave], 100.0) == [
+        "#dev: 2 people",
+        "  NICK  STATUS  HEARD",
+        "  bob   online  0.0s ago",
+        "  dave  online  0.0s ago",
+    ]
+    assert format_who("empty", [peer()], 100.0) == ["#empty: 0 people (nobody here)"]
+
+
+@pytest.mark.parametrize(
+    ("event", "line"),
+    [
+        (ev.PairSought(peer()), "12:34:56 --- bob is looking for a partner: /random to pair"),
+        (
+            ev.Paired(peer()),
+            "12:34:56 *** paired with bob (bobhost): what you type goes to them only;"
+            " /leave ends it",
+        ),
+        (ev.PairEnded(peer(), "you left"), "12:34:56 --- you left the conversation with bob"),
+        (ev.PairEnded(peer(), "partner left"), "12:34:56 --- bob left the conversation"),
+        (
+            ev.PairEnded(peer(), "partner gone"),
+            "12:34:56 --- bob is gone; the conversation is over",
+        ),
+        (
+            ev.PairEnded(peer(), "unconfirmed"),
+            "12:34:56 --- pairing with bob was not confirmed (datagrams lost); still looking",
+        ),
+        (
+            ev.PairSearchExpired(300.0),
+            "12:34:56 --- nobody paired with you in 300s; /random to try again",
+        ),
+    ],
+)
+def test_format_pair_events(event: ev.Event, line: str) -> None:
+    assert format_event(event, NOW) == line
+
+
+def test_direct_fragments_show_each_state() -> None:
+    sent = SentDirect("bob", "psst\x1b[2J", "12:00:01")
+    assert plain(direct_fragments(sent, "sent")) == "12:00:01 [dm -> bob] psst (sent)"
+    delivered = direct_fragments(sent, "delivered")
+    assert plain(delivered) == "12:00:01 [dm -> bob] psst (delivered)"
+    assert delivered[-1][0] == "ansigreen"
+    failed = direct_fragments(sent, "failed", ": no answer after 6 attempts")
+    assert plain(failed).endswith("(failed: no answer after 6 attempts)")
+
+
+@pytest.mark.loopback
+def test_session_random_pairing_and_who(lo_port: int) -> None:
+    """Two sessions type /random: they pair, talk privately, /who lists the room, /leave ends it."""
+
+    async def main() -> tuple[str, str, list[ev.Event]]:
+        async with node("alice", lo_port) as alice, node("bob", lo_port) as bob:
+            seen = alice.subscribe()
+            await until(lambda: len(alice.peers()) == 1 and len(bob.peers()) == 1)
+            out_a, out_b = io.StringIO(), io.StringIO()
+            paired = asyncio.Event()
+            done = asyncio.Event()
+
+            async def lines_a() -> AsyncIterator[str]:
+                yield "/random"
+                await paired.wait()
+                yield "just between us"
+                yield "/who"
+                await until(lambda: "delivered: just between us" in out_a.getvalue())
+                yield "/leave"
+                await until(lambda: "you left the conversation" in out_a.getvalue())
+                yield "back in the room"
+                await done.wait()
+
+            async def lines_b() -> AsyncIterator[str]:
+                await until(lambda: "alice is looking for a partner" in out_b.getvalue())
+                yield "/random"
+                await until(lambda: "paired with alice" in out_b.getvalue())
+                paired.set()
+                await until(lambda: "alice left the conversation" in out_b.getvalue(), 8)
+                await until(lambda: "back in the room" in out_b.getvalue())
+                done.set()
+
+            tasks = [
+                run_join(alice, interactive=False, room="lobby", lines=lines_a(), out=out_a),
+                run_join(bob, interactive=False, room="lobby", lines=lines_b(), out=out_b),
+            ]
+            assert await asyncio.wait_for(asyncio.gather(*tasks), 20) == [0, 0]
+            return out_a.getvalue(), out_b.getvalue(), drain(seen)
+
+    out_a, out_b, seen = asyncio.run(main())
+    a = [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in out_a.splitlines()]
+    b = [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in out_b.splitlines()]
+    assert "--- looking for a partner: whoever else types /random; /leave to stop" in a
+    assert any(line.startswith("*** paired with bob (") for line in a)
+    # While paired, a typed line is a direct message to the partner, not chat.
+    assert "[dm -> bob] just between us (sent)" in a
+    assert "[dm] <alice> just between us" in b
+    assert [e.text for e in seen if isinstance(e, ev.ChatReceived)] == []
+    assert "#lobby: 2 people" in a
+    assert any(re.fullmatch(r"  bob    online  \d\.\ds ago", line) for line in a), a
+    assert "--- you left the conversation with bob" in a and "--- back in #lobby" in a
+    assert "--- alice left the conversation" in b and "--- back in #lobby" in b
+    # After /leave, lines go to the room again.
+    assert "[#lobby] <alice> back in the room" in b

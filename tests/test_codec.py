@@ -26,9 +26,15 @@ from lanchat.codec import (
     MAX_INTERVAL_MS,
     MAX_KNOWN,
     MAX_PLAIN,
+    PAIR_ACCEPT,
+    PAIR_CONFIRM,
+    PAIR_PROPOSE,
+    PAIR_WITHDRAW,
     QUERY_SIZE,
     T_DIRECT,
     T_NOTICE,
+    UNPAIR_ABORT,
+    UNPAIR_END,
     Ack,
     Beat,
     Bye,
@@ -37,9 +43,12 @@ from lanchat.codec import (
     Direct,
     Message,
     Notice,
+    Pair,
     Ping,
     Pong,
     Query,
+    Seek,
+    Unpair,
     check_nick,
     check_room,
     check_status_text,
@@ -57,7 +66,7 @@ BOB_INSTANCE = 0x019B76DAACD20042
 CAROL = bytes.fromhex("ca401000000ca401")
 U64_MAX = 2**64 - 1
 
-MESSAGE_TYPES = (Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong)
+MESSAGE_TYPES = (Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong, Seek, Pair, Unpair)
 # Every reason decode() may give; "short query" is an unpadded (amplifying) Query.
 REASONS = {
     "oversized", "short", "foreign", "version", "sealed", "malformed", "not a message",
@@ -123,6 +132,19 @@ GOLDEN: list[tuple[Message, bytes]] = [
         Pong(BOB, BOB_INSTANCE, 3),
         bytes.fromhex("4c4301009409c408b0b0000000000b0bcf019b76daacd2004203"),
     ),
+    # Random pairing (PROTOCOL.md section 12).
+    (
+        Seek(ALICE, ALICE_INSTANCE, 1),
+        bytes.fromhex("4c430100940ec408a11ce0000000a11ccf019b76daa8004c4301"),
+    ),
+    (
+        Pair(ALICE, ALICE_INSTANCE, PAIR_PROPOSE, 1, 1),
+        bytes.fromhex("4c430100960fc408a11ce0000000a11ccf019b76daa8004c43000101"),
+    ),
+    (
+        Unpair(BOB, BOB_INSTANCE, ALICE, 1, UNPAIR_END),
+        bytes.fromhex("4c4301009610c408b0b0000000000b0bcf019b76daacd20042c408a11ce0000000a11c0100"),
+    ),
 ]
 GOLDEN_IDS = [
     type(msg).__name__ + ("-known" if getattr(msg, "known", ()) else "") for msg, _ in GOLDEN
@@ -140,7 +162,7 @@ def _prefixes(count: int) -> tuple[bytes, ...]:
     return tuple(i.to_bytes(KNOWN_PREFIX, "big") for i in range(count))
 
 
-M = TypeVar("M", Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong)
+M = TypeVar("M", Beat, Query, Bye, Chat, Notice, Direct, Ack, Ping, Pong, Seek, Pair, Unpair)
 
 
 def decode_as(kind: type[M], data: bytes) -> M:
@@ -781,6 +803,58 @@ def test_truncate_utf8_keeps_whole_characters() -> None:
     assert truncate_utf8("é" * 40, 63) == "é" * 31
     assert truncate_utf8("host", 64) == "host"
     assert len(truncate_utf8("\U0001f600" * 20, 64).encode()) == 64
+
+
+# ------------------------------------------------------- random pairing (14-16)
+
+# The other handshake steps of PROTOCOL.md section 12.2.
+PAIR_STEPS_GOLDEN = [
+    (
+        Pair(BOB, BOB_INSTANCE, PAIR_ACCEPT, 1, 2),
+        bytes.fromhex("4c430100960fc408b0b0000000000b0bcf019b76daacd20042010102"),
+    ),
+    (
+        Pair(ALICE, ALICE_INSTANCE, PAIR_CONFIRM, 1, 1),
+        bytes.fromhex("4c430100960fc408a11ce0000000a11ccf019b76daa8004c43020101"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("msg", "data"), PAIR_STEPS_GOLDEN, ids=["accept", "confirm"])
+def test_pair_steps_golden_bytes(msg: Pair, data: bytes) -> None:
+    assert encode(msg) == data
+    assert decode(data) == msg
+    text = (Path(lanchat.codec.__file__).parent / "PROTOCOL.md").read_text("utf-8")
+    assert data.hex() + "=" in "".join(line.strip() for line in text.splitlines())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [14, ALICE, 1, 0],  # seek_id starts at 1
+        [14, ALICE, 1],  # no seek_id
+        [15, ALICE, 1, PAIR_WITHDRAW + 1, 1, 1],  # no such step
+        [15, ALICE, 1, -1, 1, 1],
+        [15, ALICE, 1, PAIR_PROPOSE, 0, 1],  # pair_id starts at 1
+        [15, ALICE, 1, PAIR_PROPOSE, 1, 0],
+        [15, ALICE, 1, PAIR_PROPOSE, 1],
+        [16, BOB, 1, ALICE, 1, UNPAIR_ABORT + 1],  # no such kind
+        [16, BOB, 1, ALICE, 1, True],  # a bool is not a u8
+        [16, BOB, 1, ALICE[:7], 1, UNPAIR_END],  # proposer is an 8-byte id
+        [16, BOB, 1, ALICE, 0, UNPAIR_END],
+        [16, BOB, 1, ALICE, 1],
+    ],
+)
+def test_pairing_messages_reject_bad_fields(body: list[Any]) -> None:
+    assert reason_of(dgram(*body)) in REASONS
+
+
+def test_pairing_messages_accept_extra_fields() -> None:
+    """A later minor revision may append fields: they are ignored."""
+    assert decode(dgram(14, ALICE, 1, 3, "future")) == Seek(ALICE, 1, 3)
+    assert decode(dgram(16, BOB, 1, ALICE, 2, UNPAIR_ABORT, 0)) == Unpair(
+        BOB, 1, ALICE, 2, UNPAIR_ABORT
+    )
 
 
 # ------------------------------------------- catch-up: Recall (12), Recount (13)

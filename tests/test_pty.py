@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,15 @@ def host_env(host: Host, home: Path) -> dict[str, str]:
 
 
 class Tmux:
-    """One tmux server of our own (its own socket) running one 80x24 session."""
+    """One tmux server of our own (its own socket); methods act on session `target`."""
 
-    def __init__(self, socket: Path) -> None:
+    def __init__(self, socket: Path, target: str = "chat") -> None:
         self.socket = str(socket)
+        self.target = target
+
+    def session(self, target: str) -> Tmux:
+        """The same server, acting on another session."""
+        return Tmux(Path(self.socket), target)
 
     def __call__(self, *args: str) -> str:
         result = subprocess.run(
@@ -41,13 +47,29 @@ class Tmux:
         return result.stdout
 
     def screen(self) -> str:
-        return self("capture-pane", "-p", "-t", "chat")
+        return self("capture-pane", "-p", "-t", self.target)
+
+    def joined(self) -> str:
+        """The screen with lines wrapped at the edge joined back (capture-pane -J)."""
+        return self("capture-pane", "-p", "-J", "-t", self.target)
 
     def type(self, text: str) -> None:
-        self("send-keys", "-t", "chat", "-l", text)
+        self("send-keys", "-t", self.target, "-l", text)
 
     def enter(self) -> None:
-        self("send-keys", "-t", "chat", "Enter")
+        self("send-keys", "-t", self.target, "Enter")
+
+    def key(self, name: str) -> None:
+        self("send-keys", "-t", self.target, name)
+
+    def resize(self, columns: int, rows: int) -> None:
+        self("resize-window", "-t", self.target, "-x", str(columns), "-y", str(rows))
+        size = self("display-message", "-p", "-t", self.target, "#{pane_width}x#{pane_height}")
+        assert size.strip() == f"{columns}x{rows}"
+
+    def say(self, line: str) -> None:
+        self.type(line)
+        self.enter()
 
     def wait_screen(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:
         deadline = time.monotonic() + timeout
@@ -116,7 +138,9 @@ def test_interactive_join_in_a_terminal(lab: Lab, tmux: Tmux, tmp_path: Path) ->
     assert carol.stdin is not None
     carol.stdin.write("interrupting line from carol\n")
     carol.stdin.flush()
-    screen = tmux.wait_screen(lambda s: "<carol> interrupting line from carol" in s)
+    screen = tmux.wait_screen(  # the line printed, and the prompt redrawn below it
+        lambda s: "<carol> interrupting line from carol" in s and "alice>" in nonblank(s)[-1]
+    )
     # ...prints above the prompt, which still holds exactly what was typed.
     lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
     assert lines[-1].endswith("alice> typing in prog"), screen
@@ -146,3 +170,130 @@ def test_interactive_join_in_a_terminal(lab: Lab, tmux: Tmux, tmp_path: Path) ->
     assert [e["text"] for e in events if e["event"] == "direct_received"] == ["psst"]
     left = [e for e in events if e["event"] == "peer_left" and e["peer"]["nick"] == "alicia"]
     assert [e["reason"] for e in left] == ["bye"]
+
+
+def join_in_tmux(
+    tmux: Tmux, host: Host, home: Path, nick: str, columns: int = 80, rows: int = 24
+) -> None:
+    """`lanchat join --nick NICK` on `host`, in a new tmux session named tmux.target."""
+    env = " ".join(f"{k}={v}" for k, v in host_env(host, home).items())
+    command = (
+        f"env {env} PROMPT_TOOLKIT_NO_CPR=1 TERM=xterm "
+        f"ip netns exec {host.netns} {sys.executable} -m lanchat join --nick {nick}"
+        f"; echo EXIT=$?; sleep 30"
+    )
+    size = ["-x", str(columns), "-y", str(rows)]
+    tmux("new-session", "-d", "-s", tmux.target, *size, command)
+
+
+def nonblank(screen: str) -> list[str]:
+    return [line.rstrip() for line in screen.splitlines() if line.strip()]
+
+
+def check_prompt(screen: str, prompt: str, typed: str, columns: int) -> None:
+    """One prompt, at the bottom, holding exactly what was typed; nothing wider than the pane."""
+    lines = nonblank(screen)
+    assert lines[-1] == f"{prompt}{typed}".rstrip(), screen
+    assert sum(prompt.strip() in line for line in lines) == 1, screen  # no stale prompt copy
+    assert all(len(line) <= columns for line in screen.splitlines()), screen
+
+
+def test_screen_who_completion_history_resize_notice_and_random(
+    lab: Lab, tmux: Tmux, tmp_path: Path
+) -> None:
+    a, b, c = lab.hosts(3)
+    alice, bob = tmux, tmux.session("bob")
+    join_in_tmux(bob, b, tmp_path, "bob")
+    join_in_tmux(alice, a, tmp_path, "alice")
+    carol = c.spawn(
+        [sys.executable, "-m", "lanchat", "join", "--nick", "carol"],
+        env=host_env(c, tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert carol.stdin is not None
+
+    def carol_says(line: str) -> None:
+        assert carol.stdin is not None
+        carol.stdin.write(line + "\n")
+        carol.stdin.flush()
+
+    alice.wait_screen(lambda s: "--> bob joined" in s and "--> carol joined" in s, timeout=10)
+    carol_says("/away lunch")
+    alice.wait_screen(lambda s: "carol is away: lunch" in s)
+
+    # /who: the roster of the room, with status and last heard.
+    alice.say("/who")
+    screen = alice.wait_screen(lambda s: "#lobby: 3 people" in s)
+    assert re.search(r"^  alice +online +\(you\)$", screen, re.M), screen
+    assert re.search(r"^  bob +online +\d+\.\ds ago$", screen, re.M), screen
+    assert re.search(r"^  carol +away: lunch +\d+\.\ds ago$", screen, re.M), screen
+
+    # Tab completes a command, then a room; Up recalls the last line sent.
+    alice.type("/wh")
+    alice.key("Tab")
+    alice.wait_screen(lambda s: nonblank(s)[-1] == "[#lobby] alice> /who")
+    alice.type("lo")
+    alice.key("Tab")
+    alice.wait_screen(lambda s: nonblank(s)[-1] == "[#lobby] alice> /who lobby")
+    alice.key("C-u")
+    alice.wait_screen(lambda s: nonblank(s)[-1] == "[#lobby] alice>")
+    alice.key("Up")
+    alice.wait_screen(lambda s: nonblank(s)[-1] == "[#lobby] alice> /who")
+    alice.key("C-u")
+
+    # Resize to 60x20 while a line is half typed; a long line arrives meanwhile.
+    alice.type("half typed")
+    alice.resize(60, 20)
+    long_line = "a line longer than sixty columns, so the terminal must wrap it"
+    carol_says(long_line)
+    alice.wait_screen(lambda _: f"<carol> {long_line}" in alice.joined())
+    screen = alice.wait_screen(lambda s: "alice>" in nonblank(s)[-1])  # redrawn below it
+    check_prompt(screen, "[#lobby] alice> ", "half typed", 60)
+    assert len(screen.splitlines()) == 20
+    alice.resize(80, 24)
+    carol_says("back to eighty")
+    screen = alice.wait_screen(
+        lambda s: "<carol> back to eighty" in s and "alice>" in nonblank(s)[-1]
+    )
+    check_prompt(screen, "[#lobby] alice> ", "half typed", 80)
+    alice.say(" and done")
+    alice.wait_screen(lambda s: "<alice> half typed and done" in s)
+
+    # A notice stays pinned just above the prompt while chat scrolls past.
+    carol_says("/notice fire drill at three")
+    alice.wait_screen(lambda s: "NOTICE from carol: fire drill at three" in s)
+    carol_says("after the notice")
+    screen = alice.wait_screen(
+        lambda s: "<carol> after the notice" in s and "alice>" in nonblank(s)[-1]
+    )
+    lines = nonblank(screen)
+    assert "*** NOTICE from carol: fire drill at three ***" in lines[-2], screen
+    assert lines[-1] == "[#lobby] alice>", screen
+
+    # /random: alice asks, bob is told and asks too: they pair.
+    alice.say("/random")
+    alice.wait_screen(lambda s: "looking for a partner: whoever else types /random" in s)
+    assert nonblank(alice.screen())[-1] == "[#lobby, seeking] alice>"
+    bob.wait_screen(lambda s: "alice is looking for a partner: /random to pair" in s)
+    bob.say("/random")
+    bob.wait_screen(lambda s: "*** paired with alice" in s)
+    screen = alice.wait_screen(lambda s: "*** paired with bob" in s)
+    assert nonblank(screen)[-1] == "[private: bob] alice>", screen
+    alice.say("just us two")
+    bob.wait_screen(lambda s: "[dm] <alice> just us two" in s)
+    screen = alice.wait_screen(lambda s: "[dm -> bob] just us two (delivered)" in s)
+    assert "just us two (sent)" not in screen  # the state changed in place
+    bob.say("/leave")
+    bob.wait_screen(lambda s: "you left the conversation with alice" in s)
+    screen = alice.wait_screen(lambda s: "bob left the conversation" in s)
+    alice.wait_screen(lambda s: nonblank(s)[-1] == "[#lobby] alice>")
+
+    for session in (alice, bob):
+        session.say("/quit")
+        screen = session.wait_screen(lambda s: "EXIT=0" in s, timeout=10)
+        assert "Traceback" not in screen
+    carol.stdin.close()
+    carol.wait(10)
