@@ -73,6 +73,9 @@ _MAX_IN_FLIGHT: Final = 1024
 _REPAIR_WINDOW: Final = _DEDUP_WINDOW
 # Streams whose holes are tracked: one per known sender, like the seq windows.
 _MAX_STREAMS: Final = _MAX_SENDERS
+# Streams tracked per sender (one per start): a peer restarts rarely, and made-up
+# instances must not let one Beat end thousands of streams at once (scripts/fuzz).
+_MAX_INSTANCES: Final = 4
 # Separate holes tracked per stream; past it the oldest is reported lost at
 # once (at 20 % loss a stream needs ~200 messages in one repair round to get there).
 _MAX_HOLES: Final = 32
@@ -1241,7 +1244,11 @@ class NodeCore:
         self._timer_counter += 1
         stream = self._streams[key] = _Stream(nick, seq, self._timer_counter)
         self._stream_tokens[stream.token] = key
-        self._stream_instances.setdefault(sender, set()).add(instance)
+        instances = self._stream_instances.setdefault(sender, set())
+        instances.add(instance)
+        if len(instances) > _MAX_INSTANCES:
+            oldest = (sender, min(instances))
+            self._drop_stream(oldest, self._streams[oldest])
         if len(self._streams) > _MAX_STREAMS:
             self._drop_stream(*next(iter(self._streams.items())))
         return None

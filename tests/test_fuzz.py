@@ -1,0 +1,301 @@
+"""A short run of scripts/fuzz, and Hypothesis properties over a node's receive path.
+
+The long run (1,000,000 datagrams per node) is `scripts/fuzz`; see README.md.
+Each invariant the harness checks is shown to fail here when a bug is injected.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lanchat import codec, core, membership, seal
+from lanchat.core import NodeCore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fuzz_module() -> ModuleType:
+    path = ROOT / "scripts" / "fuzz"
+    loader = importlib.machinery.SourceFileLoader("lanchat_fuzz", str(path))
+    spec = importlib.util.spec_from_loader("lanchat_fuzz", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lanchat_fuzz"] = module
+    loader.exec_module(module)
+    return module
+
+
+fuzz = _fuzz_module()
+
+
+def _kinds(result: Any) -> set[str]:
+    return {f.kind for f in result.failures}
+
+
+# ------------------------------------------------------------------ the short run
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+def test_short_run_finds_nothing(keyed: bool) -> None:
+    started = time.perf_counter()
+    r = fuzz.run(15_000, seed=3, keyed=keyed)
+    assert r.failure_count == 0, "\n".join(map(str, r.failures))
+    # The run was real: every kind of datagram, accepted and dropped, answers sent.
+    assert {"valid", "mutated", "bytes", "header", "random", "replay", "own"} <= set(r.kinds)
+    assert r.accepted > 3000 and r.stats.malformed > 3000
+    assert r.stats.forged > 100 if keyed else r.stats.sealed > 100
+    assert r.emitted > 1000 and r.stats.repairs_sent > 0 and r.stats.nacks_sent > 0
+    assert r.liveness.startswith("found by a new node")
+    assert len(r.receive.values) == len(r.decode.values) == 15_000
+    assert time.perf_counter() - started < 60
+
+
+def test_the_harness_knows_every_bounded_table() -> None:
+    """A new `_MAX_*` table in core or membership needs a line in table_sizes."""
+    assert fuzz.unchecked_bounds() == []
+
+
+SMALL_BOUNDS = {
+    (membership, "_MAX_PEERS"): 40,
+    (core, "_MAX_SENDERS"): 40,
+    (core, "_MAX_STREAMS"): 40,
+    (core, "_MAX_QUERIERS"): 20,
+    (core, "_MAX_PENDING_ANSWERS"): 4,
+    (core, "_MAX_REQUESTERS"): 8,
+    (core, "_MAX_UNAUTH_SOURCES"): 8,
+    (seal, "_MAX_SENDERS"): 40,
+}
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+def test_tables_stay_within_their_bounds_once_full(
+    keyed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the bounds made small, every table reaches its bound and never passes it."""
+    for (module, name), value in SMALL_BOUNDS.items():
+        monkeypatch.setattr(module, name, value)
+        monkeypatch.setitem(fuzz.BOUNDS, f"{module.__name__.split('.')[-1]}.{name}", value)
+    monkeypatch.setattr(fuzz, "CHECK_EVERY", 100)
+    r = fuzz.run(6_000, seed=4, keyed=keyed, flood_every=5_000)
+    assert r.failure_count == 0, "\n".join(map(str, r.failures))
+    full = {name for name, size in r.peak.items() if name in r.bounds and size == r.bounds[name]}
+    expected = {"peers", "chat seq windows", "repair streams", "queriers", "pending answers"}
+    expected |= {"sealed senders", "replay windows", "subkey ciphers"} if keyed else set()
+    expected |= {"key-mismatch sources"}
+    assert expected - full == set(), r.peak
+
+
+# ------------------------------------------------- each check fails when it should
+
+
+def _raise(*args: object) -> None:
+    raise RuntimeError("injected")
+
+
+def test_an_exception_escaping_a_handler_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(NodeCore, "_on_gone", _raise)
+    r = fuzz.run(3_000, seed=5, keyed=False)
+    assert "exception" in _kinds(r)
+    failure = next(f for f in r.failures if f.kind == "exception")
+    assert "injected" in failure.detail and failure.data  # with the datagram that did it
+    assert isinstance(codec.decode(failure.data), codec.Gone)
+
+
+def test_an_exception_escaping_decode_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = codec._ranges
+
+    def ranges(value: object) -> codec.Ranges:
+        if type(value) is list and len(value) == 3:
+            raise IndexError("injected")
+        return original(value)
+
+    monkeypatch.setattr(codec, "_ranges", ranges)
+    r = fuzz.run(3_000, seed=5, keyed=False)
+    assert {"decode", "exception"} <= _kinds(r)
+
+
+def test_a_slow_datagram_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(*args: object) -> None:
+        end = time.thread_time() + 0.012  # CPU time: preemption alone never fails a run
+        while time.thread_time() < end:
+            pass
+
+    monkeypatch.setattr(NodeCore, "_on_gone", busy)
+    r = fuzz.run(2_000, seed=5, keyed=False)
+    assert _kinds(r) == {"slow"}
+
+
+def test_a_table_past_its_bound_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(fuzz.BOUNDS, "core._MAX_QUERIERS", 10)  # the core still allows 1024
+    r = fuzz.run(3_000, seed=5, keyed=False)
+    assert _kinds(r) == {"state"}
+    assert any("queriers has" in f.detail for f in r.failures)
+
+
+def test_a_miscounted_drop_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = NodeCore._count_drop
+
+    def count(self: NodeCore, reason: str, source: core.Address, now: float) -> None:
+        if reason != "version":
+            original(self, reason, source, now)
+
+    monkeypatch.setattr(NodeCore, "_count_drop", count)
+    r = fuzz.run(3_000, seed=5, keyed=False)
+    assert _kinds(r) == {"counters"}
+
+
+def test_a_bad_emitted_datagram_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = NodeCore._beat
+    monkeypatch.setattr(NodeCore, "_beat", lambda self: original(self)[:-1])
+    r = fuzz.run(2_000, seed=5, keyed=False)
+    assert "emitted" in _kinds(r)
+
+
+def test_a_node_that_stops_answering_fails_the_liveness_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness = fuzz.Harness(6, keyed=False)
+    assert harness.run(1_000, liveness=False).failure_count == 0
+    monkeypatch.setattr(NodeCore, "_on_chat", lambda self, msg, late: None)  # deaf to chat
+    harness._liveness()
+    assert _kinds(harness.result) == {"liveness"}
+
+
+# ------------------------------------------------------------ Hypothesis properties
+
+
+def _fresh(keyed: bool) -> Any:
+    harness = fuzz.Harness(0, keyed=keyed)
+    harness.core.start(harness.now)
+    harness._service(-1)
+    return harness
+
+
+def _feed_all(harness: Any, datagrams: list[bytes], steps: list[float] | None = None) -> None:
+    for i, data in enumerate(datagrams):
+        harness.now += steps[i % len(steps)] if steps else 0.001
+        harness.result.kinds["given"] = i + 1
+        harness.feed(i, data, (f"10.1.0.{i % 200 + 1}", 40000 + i % 7))
+    harness._check(len(datagrams))
+    assert harness.result.failure_count == 0, "\n".join(map(str, harness.result.failures))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=codec.MAX_DATAGRAM + 50), max_size=20), st.booleans())
+def test_any_bytes_through_the_receive_path(datagrams: list[bytes], keyed: bool) -> None:
+    _feed_all(_fresh(keyed), [codec.HEADER[: len(d) % 5] + d for d in datagrams])
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=40),
+    st.binary(max_size=12),
+    st.lists(st.integers(0, 2**64 - 1), max_size=3),
+    st.builds(fuzz.RawStr, st.binary(max_size=8)),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(1, 11), st.integers(0, 12), _values), min_size=1, max_size=8),
+    st.booleans(),
+)
+def test_one_wrong_field_of_any_type_through_the_receive_path(
+    edits: list[tuple[int, int, object]], keyed: bool
+) -> None:
+    harness = _fresh(keyed)
+    gen = harness.gen
+    datagrams = []
+    for kind, index, value in edits:
+        sender = gen.sender()
+        body = gen.valid_body(sender, kind)
+        body[index % len(body)] = value
+        datagrams.append(gen.sealed(body, sender) if keyed else gen.plain(body))
+    _feed_all(harness, datagrams)
+
+
+_seqs = st.one_of(st.integers(1, 3000), st.integers(1, 2**64 - 1))
+
+
+@st.composite
+def _stream_traffic(draw: st.DrawFn) -> list[tuple[int, list[Any]]]:
+    """Valid Beats, Chats, Nacks, Gones and Byes of three peers, seqs anywhere in u64."""
+    out = []
+    for _ in range(draw(st.integers(1, 25))):
+        who = draw(st.integers(0, 2))
+        instance = draw(st.sampled_from([1, 2, 2**64 - 1]))
+        kind = draw(st.sampled_from(["beat", "chat", "nack", "gone", "bye"]))
+        first = draw(_seqs)
+        last = draw(
+            st.integers(first, min(2**64 - 1, first + draw(st.sampled_from([0, 5, 2**64]))))
+        )
+        out.append((who, [kind, instance, first, last]))
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_stream_traffic(), st.lists(st.sampled_from([0.0, 0.001, 0.03, 0.5, 20.0]), min_size=1))
+def test_valid_stream_traffic_keeps_the_repair_state_sound(
+    traffic: list[tuple[int, list[Any]]], steps: list[float]
+) -> None:
+    harness = _fresh(False)
+    me = harness.core.identity
+    ids = [bytes([i + 1]) * 8 for i in range(3)]
+    harness.core.say("lobby", "one", harness.now)
+    datagrams = []
+    for who, (kind, instance, first, last) in traffic:
+        head = (ids[who], instance)
+        msg: codec.Message
+        if kind == "beat":
+            msg = codec.Beat(*head, "p", "h", 40000, "online", "", ("lobby",), first, 1000)
+        elif kind == "chat":
+            msg = codec.Chat(*head, first, "p", "lobby", "hi")
+        elif kind == "nack":
+            target, target_instance = (
+                (me.peer_id, me.instance) if first % 2 else (ids[(who + 1) % 3], instance)
+            )
+            msg = codec.Nack(*head, target, target_instance, ((first, last),))
+        elif kind == "gone":
+            msg = codec.Gone(*head, ((first, last),))
+        else:
+            msg = codec.Bye(*head)
+        datagrams.append(codec.encode(msg))
+    _feed_all(harness, datagrams, steps)
+
+
+# ------------------------------------------------------------ regressions it found
+
+
+def test_one_beat_cannot_end_thousands_of_streams() -> None:
+    """Chat from one peer id under thousands of made-up instances, each stream with
+    holes, then one Beat of a newer instance: ending them took 164 ms of CPU and
+    emitted 131,073 events (4096 streams x 32 holes) before core._MAX_INSTANCES.
+    """
+    harness = _fresh(False)
+    node = harness.core
+    sender = b"\x01" * 8
+    datagrams = [
+        codec.encode(codec.Chat(sender, instance, seq, "x", "lobby", "hi"))
+        for instance in range(1, 201)
+        for seq in range(1, 2 * core._MAX_HOLES + 2, 2)  # every other seq: 32 holes
+    ]
+    _feed_all(harness, datagrams, [0.0])
+    assert len(node._stream_instances[sender]) == core._MAX_INSTANCES
+    events = harness.result.events
+    beat = codec.Beat(sender, 1000, "x", "h", 40000, "online", "", ("lobby",), 0, 1000)
+    harness.feed(len(datagrams), codec.encode(beat), ("10.1.0.1", 40000))
+    assert harness.result.events - events <= core._MAX_INSTANCES * core._MAX_HOLES + 1
+    assert node._stream_instances == {sender: {1000}}  # only the new start's stream is left
