@@ -33,6 +33,7 @@ from typing import IO, Any
 from lanchat.lab import Host, Lab
 
 __all__ = [
+    "AgentProcess",
     "DiscoveryFigures",
     "LanchatNet",
     "Listener",
@@ -221,6 +222,44 @@ class Listener:
         self._reader.join(_STOP_GRACE)
         self._stderr.close()
         return self.proc.returncode
+
+
+class AgentProcess(Listener):
+    """Any command printing JSON lines like ``lanchat listen --json`` (scripts/bench_agent.py).
+
+    It must print ``started`` with ``peer_id`` first; ``peer_joined``/``peer_left``
+    with ``peer_id`` are read by `known`, `wait_mesh` and `joined_at` as for lanchat.
+    """
+
+    def __init__(self, host: Host, home: Path, nick: str, argv: Sequence[str]) -> None:
+        self.host = host
+        self.home = home
+        self.nick = nick
+        home.mkdir(parents=True, exist_ok=True)
+        self._stderr_path = home / f"agent-stderr-{time.monotonic_ns()}.txt"
+        self._stderr = open(self._stderr_path, "wb")  # noqa: SIM115 - closed in stop
+        self.spawned_at = time.time()
+        self.proc = host.spawn(
+            python_argv(*argv),
+            env={"LANCHAT_HOME": str(home)},
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        self.events = []
+        self.bad_lines = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def __repr__(self) -> str:
+        return f"AgentProcess({self.nick!r} on {self.host.name})"
+
+
+def python_argv(*args: str) -> list[str]:
+    """The argv running ``python ARGS`` with the caller's LANCHAT_* settings removed."""
+    unset = [flag for name in _CLEARED_VARIABLES for flag in ("-u", name)]
+    return ["env", *unset, sys.executable, *args]
 
 
 def _about(event: Event) -> str:
