@@ -10,13 +10,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# The Python scripts (scripts/test, check and lan-lab are shell).
+SCRIPTS = ["scripts/bench", "scripts/bench_agent.py", "scripts/simulate", "scripts/fuzz"]
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["ruff", "check", "lanchat", "tests", "scripts/bench"],
-        ["ruff", "format", "--check", "lanchat", "tests", "scripts/bench"],
+        ["ruff", "check", "lanchat", "tests", *SCRIPTS],
+        ["ruff", "format", "--check", "lanchat", "tests", *SCRIPTS],
         ["mypy", "lanchat"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
