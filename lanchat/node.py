@@ -18,8 +18,10 @@ The OS refusing something becomes one line for people: at start a
 `NetworkErrorReported` event per interface and error, and the node goes on
 with the other interfaces (the interface poll drops a vanished one).
 
-Interfaces come and go while a node runs (cables, Wi-Fi, VPNs, containers):
-every `INTERFACE_POLL_INTERVAL` seconds, and on `refresh_interfaces()`, the node
+Interfaces come and go while a node runs (cables, Wi-Fi, VPNs, containers): on
+Linux a netlink socket tells the node of every link and address change (and a
+slow poll, `NETLINK_SAFETY_POLL`, catches anything missed); elsewhere it polls
+every `INTERFACE_POLL_INTERVAL` seconds. Then, and on `refresh_interfaces()`, it
 re-reads and re-chooses them with the same options, joins and opens a send
 socket on new ones, leaves vanished ones, emits `InterfacesChanged` and has the
 core announce itself and query again.
@@ -93,6 +95,47 @@ _DISCOVERY_GRACE: Final = 1.5
 # (config.UNREACHABLE_AFTER), and the announcement that follows reaches them in
 # milliseconds. A read costs ~1.5 ms (getifaddrs and /sys, 4 interfaces).
 INTERFACE_POLL_INTERVAL: Final = 2.0
+# With netlink (Linux) the kernel announces link and address changes, so the poll
+# is only a safety net (a notification lost to a full netlink buffer): idle, a
+# read every 2 s was most of a listening node's CPU (~2 ms of getifaddrs and /sys).
+NETLINK_SAFETY_POLL: Final = 30.0
+# Changes come in bursts (link up, then its addresses, then DAD ending): the
+# interfaces are re-read once the burst has been quiet this long.
+NETLINK_SETTLE: Final = 0.1
+# Linux rtnetlink multicast groups: links, IPv4 addresses, IPv6 addresses.
+_RTMGRP_LINK: Final = 0x1
+_RTMGRP_IPV4_IFADDR: Final = 0x10
+_RTMGRP_IPV6_IFADDR: Final = 0x100
+
+
+def _open_netlink() -> socket.socket | None:
+    """A socket the Linux kernel tells of link and address changes (None elsewhere)."""
+    family = getattr(socket, "AF_NETLINK", None)
+    if family is None:
+        return None
+    try:
+        sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)  # NETLINK_ROUTE
+    except OSError:
+        return None
+    try:
+        sock.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _drain_netlink(sock: socket.socket, changed: asyncio.Event) -> None:
+    """Read every pending notification; any of them (or an overrun) means: re-read."""
+    while True:
+        try:
+            if not sock.recv(65536):
+                break
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:  # ENOBUFS: notifications were lost, which is a change too
+            break
+    changed.set()
 
 
 def _bind_hint(exc: OSError, port: int) -> str:
@@ -223,11 +266,17 @@ class Node:
         host: str | None = None,
         keys: Sequence[bytes] = (),
         interface_poll_interval: float | None = INTERFACE_POLL_INTERVAL,
+        netlink: bool = True,
         history: bool | Path = False,
         ipv4_only: bool = False,
         ipv6_only: bool = False,
     ) -> None:
         """`history`: True keeps messages in the user's history file, a Path in that file.
+
+        Interface changes are followed through netlink where the OS has it (then
+        polled only every NETLINK_SAFETY_POLL s), else polled every
+        `interface_poll_interval` s; `netlink=False` always polls; an interval of
+        None follows nothing.
 
         `ipv4_only` / `ipv6_only`: use one address family (default: both, each on
         the interfaces that have an address of it).
@@ -260,6 +309,7 @@ class Node:
         self._wanted = tuple(interfaces)
         self._excluded = tuple(exclude_interfaces)
         self._poll_interval = interface_poll_interval
+        self._netlink = netlink
         self.choice = self._choose(netif.read_interfaces())
         self.keys = KeyRing(tuple(keys)) if keys else None
         if history is True:
@@ -282,6 +332,8 @@ class Node:
         self._senders: dict[netif.InterfaceAddress, asyncio.DatagramTransport] = {}
         self._refresh_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        # How interface changes are noticed: "netlink", "poll", or "" (not followed).
+        self.interface_watch = ""
         self._subscribers: list[asyncio.Queue[ev.Event]] = []
         self._closed = asyncio.Event()
         self.send_errors = 0
@@ -712,13 +764,29 @@ class Node:
     # ---------------------------------------------------------- interfaces
 
     async def _follow_interfaces(self, interval: float) -> None:
-        """Refresh the interfaces every `interval` seconds until the node closes."""
-        while not self._closed.is_set():
-            await asyncio.sleep(interval)
-            try:
-                await self.refresh_interfaces()
-            except (OSError, LanchatError):  # never end the poll: the next one may do better
-                self.interface_errors += 1
+        """Refresh the interfaces on each netlink change, or every `interval` s, until closed."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        watch = _open_netlink() if self._netlink else None
+        if watch is not None:
+            loop.add_reader(watch.fileno(), _drain_netlink, watch, changed)
+            interval = max(interval, NETLINK_SAFETY_POLL)
+        self.interface_watch = "netlink" if watch is not None else "poll"
+        try:
+            while not self._closed.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=interval)
+                while changed.is_set():  # a burst of changes: wait until it is quiet
+                    changed.clear()
+                    await asyncio.sleep(NETLINK_SETTLE)
+                try:
+                    await self.refresh_interfaces()
+                except (OSError, LanchatError):  # never end the watch: the next may do better
+                    self.interface_errors += 1
+        finally:
+            if watch is not None:
+                loop.remove_reader(watch.fileno())
+                watch.close()
 
     async def refresh_interfaces(self) -> ev.InterfacesChanged | None:
         """Re-read and re-choose the interfaces now, and follow any change.
@@ -727,8 +795,8 @@ class Node:
         announces this node and queries again. Returns the `InterfacesChanged`
         event it emitted, or None if nothing changed (or the node is not running).
         With no usable interface left the node keeps running and sends nowhere
-        until one comes back. Runs by itself every `interface_poll_interval`
-        seconds (`INTERFACE_POLL_INTERVAL`; None turns the poll off).
+        until one comes back. Runs by itself on every netlink notification, or
+        every `interface_poll_interval` seconds (None turns it off).
         """
         async with self._refresh_lock:
             core, loop = self._core, self._loop

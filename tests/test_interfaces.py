@@ -396,7 +396,7 @@ def test_node_polls_by_itself_and_survives_an_address_it_cannot_join(
     read = FakeRead(monkeypatch)
 
     async def main() -> None:
-        async with node("alice", lo_port, interface_poll_interval=0.05) as a:
+        async with node("alice", lo_port, interface_poll_interval=0.05, netlink=False) as a:
             read.infos = [odd]
             change = await a.wait_for(lambda e: isinstance(e, ev.InterfacesChanged), 2)
             assert change == ev.InterfacesChanged((), (f"lo {lo.ipv4[0].address}",), ())
