@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lanchat import codec, core, membership, seal
+from lanchat import codec, core, membership, pairing, ratelimit, seal
+from lanchat import config as cfg
 from lanchat.core import NodeCore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,13 +56,18 @@ def test_short_run_finds_nothing(keyed: bool) -> None:
     assert r.accepted > 3000 and r.stats.malformed > 3000
     assert r.stats.forged > 100 if keyed else r.stats.sealed > 100
     assert r.emitted > 1000 and r.stats.repairs_sent > 0 and r.stats.nacks_sent > 0
+    # Every type reached the handlers: the limits (section 13) let almost everything in.
+    assert len(r.types) == 16 and min(r.types.values()) > 50, r.types
+    assert r.stats.flooded + r.stats.overloaded < 15_000 // 20
+    assert r.stats.recounts_sent > 10 and r.stats.recalls_sent > 0
+    assert {"ChatRecalled", "PairSought", "Paired", "PairEnded"} <= set(r.event_types)
     assert r.liveness.startswith("found by a new node")
     assert len(r.receive.values) == len(r.decode.values) == 15_000
     assert time.perf_counter() - started < 60
 
 
 def test_the_harness_knows_every_bounded_table() -> None:
-    """A new `_MAX_*` table in core or membership needs a line in table_sizes."""
+    """A new `_MAX_*` table (core, membership, pairing, ratelimit) needs a line in table_sizes."""
     assert fuzz.unchecked_bounds() == []
 
 
@@ -69,10 +75,16 @@ SMALL_BOUNDS = {
     (membership, "_MAX_PEERS"): 40,
     (core, "_MAX_SENDERS"): 40,
     (core, "_MAX_STREAMS"): 40,
-    (core, "_MAX_QUERIERS"): 20,
-    (core, "_MAX_PENDING_ANSWERS"): 4,
+    (core, "_MAX_QUERIERS"): 5,
+    (core, "_MAX_PENDING_ANSWERS"): 1,
     (core, "_MAX_REQUESTERS"): 8,
     (core, "_MAX_UNAUTH_SOURCES"): 8,
+    (core, "_MAX_RING_ROOMS"): 1,
+    (core, "_MAX_RECALL_SOURCES"): 4,
+    (core, "_MAX_PENDING_RECALL_ANSWERS"): 1,
+    (core, "_MAX_RECALL_NONCES"): 20,
+    (pairing, "_MAX_SEEKERS"): 4,
+    (pairing, "_MAX_UNPAIRS"): 2,
     (seal, "_MAX_SENDERS"): 40,
 }
 
@@ -85,14 +97,36 @@ def test_tables_stay_within_their_bounds_once_full(
     for (module, name), value in SMALL_BOUNDS.items():
         monkeypatch.setattr(module, name, value)
         monkeypatch.setitem(fuzz.BOUNDS, f"{module.__name__.split('.')[-1]}.{name}", value)
-    monkeypatch.setattr(fuzz, "CHECK_EVERY", 100)
-    r = fuzz.run(6_000, seed=4, keyed=keyed, flood_every=5_000)
+    monkeypatch.setattr(fuzz, "CHECK_EVERY", 10)
+    monkeypatch.setitem(fuzz.BOUNDS, "ratelimit._MAX_SOURCES", 40)
+    harness = fuzz.Harness(4, keyed, flood_every=5_000)
+    harness.core.limits = ratelimit.Limits(max_sources=40)  # its bound is read once, at init
+    r = harness.run(6_000)
     assert r.failure_count == 0, "\n".join(map(str, r.failures))
     full = {name for name, size in r.peak.items() if name in r.bounds and size == r.bounds[name]}
     expected = {"peers", "chat seq windows", "repair streams", "queriers", "pending answers"}
     expected |= {"sealed senders", "replay windows", "subkey ciphers"} if keyed else set()
-    expected |= {"key-mismatch sources"}
+    expected |= {"key-mismatch sources", "rate-limited sources", "kept rooms", "seekers"}
+    expected |= {"recall requesters", "recall answers waiting", "recalls heard"}
+    expected |= {"unpairs awaiting ack", "lines of a kept room"}
     assert expected - full == set(), r.peak
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+def test_the_rate_limits_are_hit_and_the_counters_still_match(
+    keyed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the limits of section 13 made small, floods hit each of them; the drop
+    counters still agree with the shadow decode (limited datagrams are not decoded)."""
+    monkeypatch.setattr(cfg, "NEW_PEERS_BURST", 16.0)
+    monkeypatch.setattr(cfg, "NEW_PEERS_RATE", 4.0)
+    harness = fuzz.Harness(7, keyed, flood_every=2_000)
+    harness.core.limits = ratelimit.Limits(rate=20, burst=40, total_rate=2000, total_burst=300)
+    r = harness.run(4_000)
+    assert r.failure_count == 0, "\n".join(map(str, r.failures))
+    limits = (r.stats.flooded, r.stats.overloaded, r.stats.refused)
+    assert min(limits) > 20, limits
+    assert r.accepted > r.stats.flooded + r.stats.overloaded  # most still reach decode
 
 
 # ------------------------------------------------- each check fails when it should
@@ -136,10 +170,31 @@ def test_a_slow_datagram_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_table_past_its_bound_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(fuzz.BOUNDS, "core._MAX_QUERIERS", 10)  # the core still allows 1024
+    monkeypatch.setitem(fuzz.BOUNDS, "core._MAX_RECALL_NONCES", 10)  # the core allows 1024
     r = fuzz.run(3_000, seed=5, keyed=False)
     assert _kinds(r) == {"state"}
-    assert any("queriers has" in f.detail for f in r.failures)
+    assert any("recalls heard has" in f.detail for f in r.failures)
+
+
+def test_a_lost_pairing_timer_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = pairing.Pairing.take_timers
+    monkeypatch.setattr(pairing.Pairing, "take_timers", lambda self: original(self)[1:])
+    r = fuzz.run(3_000, seed=5, keyed=False)
+    assert _kinds(r) == {"state"}
+    assert any("pairing timers" in f.detail for f in r.failures)
+
+
+def test_a_recall_answer_without_its_timer_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = NodeCore._at
+
+    def at(self: NodeCore, when: float, kind: str, key: int) -> None:
+        if kind != "recall_answer":
+            original(self, when, kind, key)
+
+    monkeypatch.setattr(NodeCore, "_at", at)
+    r = fuzz.run(3_000, seed=5, keyed=False)
+    assert "state" in _kinds(r)
+    assert any("has no timer" in f.detail for f in r.failures)
 
 
 def test_a_miscounted_drop_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +221,7 @@ def test_a_node_that_stops_answering_fails_the_liveness_check(
 ) -> None:
     harness = fuzz.Harness(6, keyed=False)
     assert harness.run(1_000, liveness=False).failure_count == 0
-    monkeypatch.setattr(NodeCore, "_on_chat", lambda self, msg, late: None)  # deaf to chat
+    monkeypatch.setattr(NodeCore, "_on_chat", lambda self, msg, late, now: None)  # deaf to chat
     harness._liveness()
     assert _kinds(harness.result) == {"liveness"}
 
@@ -210,7 +265,7 @@ _values = st.one_of(
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(st.tuples(st.integers(1, 11), st.integers(0, 12), _values), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(1, 16), st.integers(0, 12), _values), min_size=1, max_size=8),
     st.booleans(),
 )
 def test_one_wrong_field_of_any_type_through_the_receive_path(
