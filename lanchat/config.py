@@ -98,28 +98,30 @@ NACK_BACKOFF: Final = (0.010, 0.150)
 NACK_DEAF_BEATS: Final = 1.5
 NACK_DEFERRALS: Final = 2
 # After a Nack for a hole is sent or heard, wait this long for the repair and its
-# repeats (sent 0, 50 and 100 ms after the Nack) before the next round. Six
-# rounds of 0.15 s, then doubling: at 20 % loss a round fails about 20 % of the
+# repeats (sent 0, 0.1 and 0.2 s after the Nack) before the next round. Seven
+# rounds of 0.2 s, then doubling: at 20 % loss a round fails about 20 % of the
 # time (the Nack lost on its way to the sender, or all three copies lost), so
 # residual loss is ~0.2^(r+1) (RFC 3208's p^(r+1)): 1e-7 after all ten, and a
-# link that drops out for 2-3 s still recovers. The receiver gives up 4-8.5 s
-# after it saw the gap, and reports the seqs lost.
-REPAIR_WAITS: Final = (0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.2, 0.4, 0.8, 1.6)
+# link that drops out for 2-3 s still recovers. The receiver gives up 4.3-9 s
+# after it saw the gap (back-offs and deferrals included), and reports the seqs.
+REPAIR_WAITS: Final = (0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.4, 0.8, 1.6)
 # A sender repairs one seq at most once per 10 ms, however many ask: Nacks
 # that crossed the repair in flight (one-way LAN delay ~1 ms) cause no second
-# copy, while a next-round Nack (sent >= 160 ms later) is answered.
+# copy, while a next-round Nack (sent >= 210 ms later) is answered.
 REPAIR_HOLDOFF: Final = 0.01
-# Each repair is sent three times: at once, 50 ms and 100 ms later. At 50 peers
+# Each repair is sent three times: at once, 100 ms and 200 ms later. At 50 peers
 # and 20 % loss ~10 receivers miss a message; two copies miss at least one of
 # them a third of the time (1 - 0.96^10), three 8 %: each copy a receiver gets
 # saves it a round of Nacks, and a receiver that missed the Nack and the first
-# copy hears a later one before its own back-off ends. With two copies Nacks
-# per lost message were 1.8 / 2.1 (independent / bursty loss), with three 1.5 /
-# 1.6, for ~1 more repair datagram per lost message (scripts/simulate, seed 1).
-REPAIR_REPEATS: Final = (0.05, 0.1)
+# copy hears a later one before its own back-off ends. 100 ms apart, one loss
+# burst (50 ms on average) rarely takes two; copies 50 ms apart gave 1.8 Nacks
+# per lost message under bursty loss instead of 1.6. With two copies it was 1.8
+# / 2.1 (independent / bursty), with three 1.5 / 1.6, for ~1 more repair
+# datagram per lost message (scripts/simulate, 50 peers).
+REPAIR_REPEATS: Final = (0.1, 0.2)
 # A sender keeps its last 1024 stream datagrams for repair (the receivers'
 # dedup window: older seqs would be dropped as duplicates anyway) and none older
-# than 60 s: receivers ask within ~8 s of seeing a gap, or when a peer they had
+# than 60 s: receivers ask within ~9 s of seeing a gap, or when a peer they had
 # lost (removed after 10 s of silence) comes back; a minute covers both.
 REPAIR_KEEP: Final = 60.0
 # After a chat message a member sends heartbeats (which carry last_seq) 50 ms,

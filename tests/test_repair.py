@@ -620,10 +620,11 @@ def _simulate_module() -> ModuleType:
 @pytest.mark.parametrize("model", ["independent", "bursty"])
 def test_simulation_meets_the_targets_with_ten_peers(model: str) -> None:
     sim = _simulate_module()
-    r = sim.simulate(peers=10, seconds=20.0, rate=0.5, loss=0.2, model=model, seed=1)
-    assert r.expected > 900 and r.first_copy_lost > 0.15 * r.expected  # the loss was real
+    # ~1900 deliveries: enough that 99.9 % in time allows one straggler, not none.
+    r = sim.simulate(peers=10, seconds=40.0, rate=0.5, loss=0.2, model=model, seed=1)
+    assert r.expected > 1800 and r.first_copy_lost > 0.15 * r.expected  # the loss was real
     assert r.in_time / r.expected >= 0.999
-    assert r.nacks / r.messages_hit <= 2.0
+    assert r.nacks / r.messages_hit <= 1.7
     assert r.unreported == 0 and r.twice == 0 and r.false_reports == 0
     assert r.false_departures == 0
 
