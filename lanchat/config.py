@@ -123,31 +123,54 @@ NOTICE_ACK_WINDOW: Final = 3.0
 BYE_DELAYS: Final = (0.0, 0.05, 0.15)
 
 # Loss repair of the multicast stream (PROTOCOL.md section 10), after PGM (RFC
-# 3208) and NORM (RFC 5740). A receiver that sees a gap waits a random 10-50 ms
-# before it multicasts a Nack (NORM's receiver back-off, RFC 5740 section 5.3):
-# a LAN round trip is under 2 ms, so within that spread the first Nack (or the
-# repair it caused) reaches the others missing the same seqs, and they stay quiet.
-NACK_BACKOFF: Final = (0.010, 0.050)
-# After a Nack for a hole is sent or heard, wait this long for the repair before
-# the next round (100 ms is 50 LAN round trips: room for a busy host). Six quick
-# rounds, then doubling: at 20 % loss a round fails about 36 % of the time
-# (Nack or repair lost), so residual loss is ~0.36^(r+1) (RFC 3208's p^(r+1)):
-# 3e-5 after all ten, and a link that drops out for 2-3 s still recovers. The
-# receiver gives up 3.7-4.2 s after it saw the gap, and reports the seqs lost.
-REPAIR_WAITS: Final = (0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.8, 1.6)
+# 3208) and NORM (RFC 5740).
+# A receiver missing seqs waits a random back-off in [10, 150] ms before it
+# multicasts a Nack, truncated-exponentially distributed over the group: density
+# ~ e^(lambda t / 140 ms), lambda = ln(members + 1) + 1 (NORM, RFC 5740 section
+# 5.3; Nonnenmacher and Biersack; TFMCC's feedback timers, RFC 4654 section 3.3).
+# Of the ~10 of 50 who miss a message at 20 % loss, one fires early and the rest
+# late in the window, after its Nack (one LAN hop, < 2 ms) or the repair reached
+# them. 150 ms also lets a receiver that missed both hear the next repair copy
+# (REPAIR_REPEATS) before it asks: uniform [10, 50] ms gave 2.0 (independent
+# loss) and 2.7 (bursts) Nacks per lost message at 50 peers, this 1.5 and 1.6
+# with the rules below (scripts/simulate, PROTOCOL.md 10.3).
+NACK_BACKOFF: Final = (0.010, 0.150)
+# A receiver that heard none of the group's multicast (Beat, Chat, Notice, Nack)
+# for 1.5 mean gaps between the members' heartbeats (30 ms among 50 members
+# beating once a second), at its Nack's time or since the round began, may be
+# in a loss burst and have missed the Nack or repair that would have suppressed
+# it: it puts its Nack off by a new back-off, at most twice a round. Such a
+# silence is rare unless the receiver is deaf (P = e^-1.5 = 22 % of the gaps
+# in a steady stream, less with chat), and a false alarm only delays the Nack.
+# Bursty loss at 50 peers: 2.1 Nacks per lost message without this rule, 1.6
+# with it (scripts/simulate, seed 1, 30 s).
+NACK_DEAF_BEATS: Final = 1.5
+NACK_DEFERRALS: Final = 2
+# After a Nack for a hole is sent or heard, wait this long for the repair and its
+# repeats (sent 0, 0.1 and 0.2 s after the Nack) before the next round. Seven
+# rounds of 0.2 s, then doubling: at 20 % loss a round fails about 20 % of the
+# time (the Nack lost on its way to the sender, or all three copies lost), so
+# residual loss is ~0.2^(r+1) (RFC 3208's p^(r+1)): 1e-7 after all ten, and a
+# link that drops out for 2-3 s still recovers. The receiver gives up 4.3-9 s
+# after it saw the gap (back-offs and deferrals included), and reports the seqs.
+REPAIR_WAITS: Final = (0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.4, 0.8, 1.6)
 # A sender repairs one seq at most once per 10 ms, however many ask: Nacks
 # that crossed the repair in flight (one-way LAN delay ~1 ms) cause no second
-# copy, while a next-round Nack (sent >= 110 ms later) is answered.
+# copy, while a next-round Nack (sent >= 210 ms later) is answered.
 REPAIR_HOLDOFF: Final = 0.01
-# Each repair is sent twice, the copy 100 ms later (just before the receivers'
-# next round). At 50 peers and 20 % loss ~10 receivers miss a message and one
-# copy misses at least one of them 89 % of the time: the second copy cuts Nacks
-# per lost message from 3.2 to 2.0 and the repair traffic in all by ~10 %
-# (scripts/simulate); 100 ms apart, one loss burst rarely takes both.
-REPAIR_REPEAT: Final = 0.1
+# Each repair is sent three times: at once, 100 ms and 200 ms later. At 50 peers
+# and 20 % loss ~10 receivers miss a message; two copies miss at least one of
+# them a third of the time (1 - 0.96^10), three 8 %: each copy a receiver gets
+# saves it a round of Nacks, and a receiver that missed the Nack and the first
+# copy hears a later one before its own back-off ends. 100 ms apart, one loss
+# burst (50 ms on average) rarely takes two; copies 50 ms apart gave 1.8 Nacks
+# per lost message under bursty loss instead of 1.6. With two copies it was 1.8
+# / 2.1 (independent / bursty), with three 1.5 / 1.6, for ~1 more repair
+# datagram per lost message (scripts/simulate, 50 peers).
+REPAIR_REPEATS: Final = (0.1, 0.2)
 # A sender keeps its last 1024 stream datagrams for repair (the receivers'
 # dedup window: older seqs would be dropped as duplicates anyway) and none older
-# than 60 s: receivers ask within ~4 s of seeing a gap, or when a peer they had
+# than 60 s: receivers ask within ~9 s of seeing a gap, or when a peer they had
 # lost (removed after 10 s of silence) comes back; a minute covers both.
 REPAIR_KEEP: Final = 60.0
 # After a chat message a member sends heartbeats (which carry last_seq) 50 ms,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -79,8 +80,8 @@ _MAX_INSTANCES: Final = 4
 # Separate holes tracked per stream; past it the oldest is reported lost at
 # once (at 20 % loss a stream needs ~200 messages in one repair round to get there).
 _MAX_HOLES: Final = 32
-# One Nack makes us repair at most 4 seqs (8 datagrams with their repeats, about
-# 9 KB at worst, and only for a known peer): a burst lost by one receiver is back
+# One Nack makes us repair at most 4 seqs (12 datagrams with their repeats, about
+# 14 KB at worst, and only for a known peer): a burst lost by one receiver is back
 # in a few rounds, and a buggy or hostile Nack cannot make a node spray its window.
 _MAX_REPAIRS_PER_NACK: Final = 4
 # Repairs per requester: a bucket of 32 refilled at 32/s; and for all of them
@@ -190,6 +191,8 @@ class Stats:
     withheld: int = 0  # answers and pings not sent: more bytes than their destination sent us
     nacks_sent: int = 0  # repair requests this node multicast
     nacks_suppressed: int = 0  # holes not asked for: another receiver's Nack did
+    nacks_received: int = 0  # repair requests for our own stream
+    nacks_overheard: int = 0  # repair requests for other peers' streams
     repairs_sent: int = 0  # own stream datagrams sent again on request
     repairs_held: int = 0  # requested again within REPAIR_HOLDOFF: not resent
     gone_sent: int = 0  # answers that requested seqs are out of the repair window
@@ -267,6 +270,8 @@ class _Hole:
     due: float  # when to ask for them (or give up), if still missing
     tries: int = 0  # repair rounds asked for them so far, by us or by others
     quiet_until: float = float("-inf")  # Nacks heard before this belong to the last round
+    since: float = float("-inf")  # this round began: the hole opened, or was asked for
+    deferred: int = 0  # times this round's Nack was put off: we heard nothing
 
 
 @dataclass(slots=True)
@@ -412,6 +417,9 @@ class NodeCore:
         self._requesters: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._repair_bucket = _Bucket(_REPAIR_BURST, 0.0)
         self._answer_bucket = _Bucket(cfg.QUERY_ANSWER_BURST, 0.0)
+        # When we last heard the group's multicast, and when a silence long enough
+        # to be deaf (_deaf_after) last ended: a Nack or repair may have passed us by.
+        self._heard_at = self._deaf_end = float("-inf")
         self._tail_left: list[float] = []
         # Catch-up: kept rooms, answers due, our own requests, and the answer budgets.
         self._rings: OrderedDict[str, _Ring] = OrderedDict()
@@ -1166,9 +1174,12 @@ class NodeCore:
             self._kept_first += 1
 
     def _on_nack(self, msg: codec.Nack, now: float) -> None:
+        self._heard(now)
         if (msg.target_sender, msg.target_instance) == (self._id, self._inst):
+            self.stats.nacks_received += 1
             self._repair(msg, now)
         else:
+            self.stats.nacks_overheard += 1
             self._overheard(msg, now)
 
     def _repair(self, msg: codec.Nack, now: float) -> None:
@@ -1208,7 +1219,8 @@ class NodeCore:
                     continue
                 kept.repaired_at = now
                 self._multicast(kept.data)
-                self._at(now + cfg.REPAIR_REPEAT, "repeat", seq)
+                for delay in cfg.REPAIR_REPEATS:
+                    self._at(now + delay, "repeat", seq)
                 sent += 1
         if gone:  # smaller than the Nack: its ranges, cut, without the target fields
             self._multicast(codec.encode(codec.Gone(self._id, self._inst, tuple(gone))))
@@ -1219,7 +1231,7 @@ class NodeCore:
         self.stats.repairs_sent += sent
 
     def _repeat_repair(self, seq: int, now: float) -> None:
-        """The second copy of a repair (cfg.REPAIR_REPEAT), if seq is still kept."""
+        """A further copy of a repair (cfg.REPAIR_REPEATS), if seq is still kept."""
         if self._kept_first <= seq < self._kept_first + len(self._kept):
             kept = self._kept[seq - self._kept_first]
             kept.repaired_at = now
@@ -1267,6 +1279,7 @@ class NodeCore:
         self, sender: bytes, instance: int, seq: int, nick: str, now: float
     ) -> bool | None:
         """A Chat or Notice arrived: None if a duplicate, else whether it is late."""
+        self._heard(now)
         window = self._stream_windows.get((sender, instance))
         late = window is not None and seq < window.highest
         fresh = self._fresh(self._stream_windows, sender, instance, seq)
@@ -1280,6 +1293,7 @@ class NodeCore:
 
     def _advertised(self, beat: codec.Beat, now: float) -> None:
         """A Beat tells the sender's last_seq: seqs above what we have are missing."""
+        self._heard(now)
         stream = self._stream(beat.sender, beat.instance, beat.nick, beat.last_seq)
         if stream is not None and beat.last_seq > stream.top:
             key = (beat.sender, beat.instance)
@@ -1304,7 +1318,7 @@ class NodeCore:
             prev.last = last  # still waiting for its first Nack: ask for both at once
         else:
             due = now + self._backoff()
-            stream.holes.append(_Hole(first, last, due))
+            stream.holes.append(_Hole(first, last, due, since=now))
             self._book(stream, due)
         self._bound_holes(key, stream)
 
@@ -1364,6 +1378,10 @@ class NodeCore:
             if hole.tries >= len(cfg.REPAIR_WAITS):
                 stream.holes.remove(hole)
                 self._lose(key, stream, [hole])
+            elif hole.deferred < cfg.NACK_DEFERRALS and self._deaf_since(hole.since, now):
+                hole.deferred += 1
+                hole.since = now
+                hole.due = now + self._backoff()
             elif len(asked) < codec.MAX_NACK_RANGES:
                 asked.append(hole)
             else:
@@ -1379,21 +1397,52 @@ class NodeCore:
             self._book(stream, min(h.due for h in stream.holes))
 
     def _backoff(self) -> float:
-        """A random Nack delay in cfg.NACK_BACKOFF (RFC 5740 section 5.3)."""
-        return self._rng.uniform(*cfg.NACK_BACKOFF)
+        """A random Nack delay in cfg.NACK_BACKOFF, truncated-exponentially distributed.
+
+        The density grows as e^(lambda t / span) with lambda = ln(group size) + 1
+        (RFC 5740 section 5.3; Nonnenmacher and Biersack): of the receivers that
+        miss one seq, about one fires early and the rest late, once its Nack or
+        the repair it caused has reached them.
+        """
+        low, high = cfg.NACK_BACKOFF
+        lam = math.log(len(self.members) + 1) + 1
+        return low + (high - low) * math.log1p(self._rng.random() * math.expm1(lam)) / lam
+
+    def _deaf_after(self) -> float:
+        """Silence this long means we may be deaf: cfg.NACK_DEAF_BEATS mean gaps between beats.
+
+        The group beats about n / heartbeat_interval() times a second (the interval
+        grows with the group, section 5), so the mean gap is that interval over n.
+        """
+        members = max(1, len(self.members))
+        return cfg.NACK_DEAF_BEATS * self.heartbeat_interval() / members
+
+    def _heard(self, now: float) -> None:
+        """Some of the group's multicast arrived (Beat, Chat, Notice, Nack)."""
+        if now - self._heard_at > self._deaf_after():
+            self._deaf_end = now
+        self._heard_at = now
+
+    def _deaf_since(self, since: float, now: float) -> bool:
+        """Whether we heard nothing for a while, now or at some time after `since`."""
+        return now - self._heard_at > self._deaf_after() or self._deaf_end > since
 
     def _asked(self, hole: _Hole, now: float) -> None:
         """A Nack for the hole went out (ours or another's): wait for the repair, then retry."""
         wait = cfg.REPAIR_WAITS[min(hole.tries, len(cfg.REPAIR_WAITS) - 1)]
         hole.tries += 1
+        hole.since = now
+        hole.deferred = 0
         hole.quiet_until = now + wait
         hole.due = hole.quiet_until + self._backoff()
 
     def _overheard(self, msg: codec.Nack, now: float) -> None:
-        """Another receiver asked: holes its Nack covers whole need no Nack of ours this round.
+        """Another receiver asked: the seqs its Nack covers need no Nack of ours this round.
 
-        A known peer's Nack also shows seqs exist that we never heard of (their
-        sender may have crashed before its next heartbeat): they are missing too.
+        A hole it covers in part is split: the covered part counts as asked, the
+        rest keeps its own timer. A known peer's Nack also shows seqs exist that
+        we never heard of (their sender may have crashed before its next
+        heartbeat): they are missing too.
         """
         key = (msg.target_sender, msg.target_instance)
         stream = self._streams.get(key)
@@ -1402,12 +1451,19 @@ class NodeCore:
         rec = self.members.get(msg.sender)
         if rec is not None and rec.instance == msg.instance and msg.ranges[-1][1] > stream.top:
             self._raise_top(key, stream, msg.ranges[-1][1], now, arrived=False)
+        holes: list[_Hole] = []
         for hole in stream.holes:
-            if now >= hole.quiet_until and any(
-                first <= hole.first and hole.last <= last for first, last in msg.ranges
-            ):
-                self._asked(hole, now)
-                self.stats.nacks_suppressed += 1
+            if now < hole.quiet_until:
+                holes.append(hole)  # asked this round already: the Nack belongs to it
+                continue
+            for first, last, covered in _split(hole.first, hole.last, msg.ranges):
+                part = replace(hole, first=first, last=last)
+                if covered:
+                    self._asked(part, now)
+                    self.stats.nacks_suppressed += 1
+                holes.append(part)
+        stream.holes = holes
+        self._bound_holes(key, stream)
         if stream.holes:
             self._book(stream, min(h.due for h in stream.holes))
 
@@ -1620,3 +1676,20 @@ class NodeCore:
         if own is not None:
             for nonce in own.nonces:
                 self._own_nonces.pop(nonce, None)
+
+
+def _split(first: int, last: int, ranges: codec.Ranges) -> list[tuple[int, int, bool]]:
+    """first..last cut into consecutive parts, each (first, last, covered by `ranges`)."""
+    parts: list[tuple[int, int, bool]] = []
+    at = first
+    for low, high in ranges:  # ascending and disjoint (codec)
+        low, high = max(low, at), min(high, last)
+        if low > high:
+            continue
+        if at < low:
+            parts.append((at, low - 1, False))
+        parts.append((low, high, True))
+        at = high + 1
+    if at <= last:
+        parts.append((at, last, False))
+    return parts

@@ -11,7 +11,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # The Python scripts (scripts/test, check and lan-lab are shell).
-SCRIPTS = ["scripts/bench", "scripts/bench_agent.py", "scripts/simulate", "scripts/fuzz"]
+SCRIPTS = [
+    "scripts/bench",
+    "scripts/bench_agent.py",
+    "scripts/simulate",
+    "scripts/fuzz",
+    "scripts/lab-delivery",
+    "scripts/first-minute",
+]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from lanchat import events as ev
 from lanchat.codec import Gone, Nack
 from lanchat.core import Address, Identity, NodeCore
 from lanchat.errors import ConfigError
-from lanchat.testing import FakeNode
+from lanchat.testing import FakeLan, FakeNode
 from tests.test_codec import REASONS as CODEC_REASONS
 from tests.test_core import Lan, addr, decoded, pid, times
 
@@ -137,6 +137,15 @@ def lost_events(node: FakeNode) -> list[tuple[int, int, int]]:
     return [(e.count, e.first_seq, e.last_seq) for e in node.of_type(ev.MessagesLost)]
 
 
+def first_nack_within() -> tuple[float, float]:
+    """How soon after a gap is seen its first Nack goes out: a back-off, or more if put off."""
+    low, high = cfg.NACK_BACKOFF
+    return low, (1 + cfg.NACK_DEFERRALS) * high
+
+
+COPIES = 1 + len(cfg.REPAIR_REPEATS)  # a repair and its repeats
+
+
 # --------------------------------------------------------------- gap detection
 
 
@@ -152,10 +161,11 @@ def test_gap_shown_by_a_later_seq_is_asked_for_after_a_random_back_off() -> None
     (nack,) = nacks(lan, a)
     assert nack.to is None  # multicast: others missing it hold back
     assert nack.msg == nack_from(a, b, (1, 1))
-    assert cfg.NACK_BACKOFF[0] <= nack.time - seen <= cfg.NACK_BACKOFF[1]
+    low, high = first_nack_within()
+    assert low <= nack.time - seen <= high
     got = [(e.seq, e.text, e.late) for e in a.of_type(ev.ChatReceived)]
     assert got == [(2, "two", False), (1, "one", True)]  # shown when it came, marked late
-    assert len(repairs(lan, b, 1)) == 2  # the repair and its repeat
+    assert len(repairs(lan, b, 1)) == COPIES  # the repair and its repeats
     assert a.core.stats.duplicates >= 1 and a.of_type(ev.MessagesLost) == []
 
 
@@ -168,7 +178,7 @@ def test_lost_last_message_is_noticed_from_the_first_tail_beat() -> None:
     tail = [s.time - t0 for s in lan.sent_by(b, codec.Beat) if s.time >= t0]
     assert tail[:3] == pytest.approx(list(cfg.TAIL_BEAT_DELAYS), abs=1e-9)
     (nack,) = nacks(lan, a)
-    low, high = cfg.NACK_BACKOFF
+    low, high = first_nack_within()
     assert cfg.TAIL_BEAT_DELAYS[0] + low <= nack.time - t0 <= cfg.TAIL_BEAT_DELAYS[0] + high + 0.005
     (got,) = a.of_type(ev.ChatReceived)
     assert (got.text, got.late) == ("last words", False)  # nothing later had arrived
@@ -182,7 +192,8 @@ def test_beat_last_seq_above_what_arrived_opens_a_hole() -> None:
     core.receive_datagram(codec.encode(beat(b"B" * 8, 3)), source, 10.5)
     sent = [(t, m) for t, m in drive(core, 10.6) if isinstance(m, codec.Nack)]
     assert [m.ranges for _, m in sent] == [((1, 3),)]
-    assert 10.5 + cfg.NACK_BACKOFF[0] <= sent[0][0] <= 10.5 + cfg.NACK_BACKOFF[1]
+    low, high = first_nack_within()
+    assert 10.5 + low <= sent[0][0] <= 10.5 + high
 
 
 def test_history_before_a_stream_was_first_heard_is_never_asked_for() -> None:
@@ -248,14 +259,20 @@ def test_two_receivers_missing_the_same_seq_put_one_nack_on_the_wire(seed: int) 
 @pytest.mark.parametrize(
     ("heard", "asked", "suppressed"),
     [
-        (((1, 1),), [((1, 2),)], 0),
+        (((1, 1),), [(2, 2)], 1),  # the part it covers is asked for; the rest is ours to ask
+        (((2, 2),), [(1, 1)], 1),
         (((1, 2),), [], 1),
         (((1, 5),), [], 2),  # it also shows 4 and 5 exist: a second hole, asked for too
+        (((7, 9),), [(1, 2), (4, 6)], 1),  # 4-9 exist: 7-9 asked by it, 1-2 and 4-6 by us
     ],
 )
-def test_only_a_nack_covering_a_whole_hole_suppresses_it(
-    heard: tuple[tuple[int, int], ...], asked: list[Any], suppressed: int
+def test_a_nack_suppresses_the_part_of_a_hole_it_covers(
+    heard: tuple[tuple[int, int], ...],
+    asked: list[Any],
+    suppressed: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(cfg, "REPAIR_WAITS", (1.0,) * 10)  # no second round in sight
     core = lone_core()
     b, c = ("10.0.0.2", 40002), ("10.0.0.3", 40003)
     core.receive_datagram(codec.encode(beat(b"B" * 8, 0)), b, 10.0)
@@ -264,9 +281,67 @@ def test_only_a_nack_covering_a_whole_hole_suppresses_it(
     core.receive_datagram(codec.encode(chat), b, 10.0)  # 1 and 2 are missing
     other = Nack(b"C" * 8, 1, b"B" * 8, 1, heard)
     core.receive_datagram(codec.encode(other), c, 10.001)
-    sent = [m for _, m in drive(core, 10.1) if isinstance(m, codec.Nack)]
-    assert [m.ranges for m in sent] == asked
+    sent = [m for _, m in drive(core, 10.9) if isinstance(m, codec.Nack)]
+    assert sorted(r for m in sent for r in m.ranges) == asked
     assert core.stats.nacks_suppressed == suppressed
+
+
+@pytest.mark.parametrize("seed", range(160, 166))
+def test_of_twenty_receivers_missing_one_seq_one_asks(seed: int) -> None:
+    # Each waits a random back-off; the first Nack reaches the others before theirs fire.
+    lan = Lan(seed)
+    nodes = [lan.add_node(f"n{i}") for i in range(21)]
+    assert lan.run_until(lambda: all(a.knows(b) for a in nodes for b in nodes if a is not b), 5)
+    sender, receivers = nodes[0], nodes[1:]
+    for r in receivers:
+        drop_first(r, chat_of(sender, 1))
+    say(lan, sender, "once")
+    lan.run(2)
+    assert sum(len(nacks(lan, r)) for r in receivers) == 1
+    assert all(len(r.of_type(ev.ChatReceived)) == 1 for r in receivers)
+
+
+def test_backoff_is_skewed_late_in_a_big_group_and_bounded() -> None:
+    lan = Lan(167)
+    nodes = [lan.add_node(f"n{i}") for i in range(30)]
+    assert lan.run_until(lambda: len(nodes[0].core.members) == 29, 5)
+    low, high = cfg.NACK_BACKOFF
+    draws = sorted(nodes[0].core._backoff() for _ in range(2000))
+    assert low <= draws[0] and draws[-1] <= high
+    # lambda = ln 30 + 1 = 4.4: the density at the end is e^4.4 = 82 times the one at the start.
+    assert draws[len(draws) // 2] > low + 0.8 * (high - low)
+    assert draws[len(draws) // 50] < low + 0.3 * (high - low)  # yet a few fire early
+    alone = sorted(lone_core()._backoff() for _ in range(2000))  # no member known: uniform
+    assert draws[len(draws) // 2] - alone[len(alone) // 2] > 0.25 * (high - low)
+
+
+def _gap_then(silent: bool) -> float:
+    """When a lone core asks for a gap, hearing the group every 5 ms or nothing at all."""
+    core = lone_core()
+    b = ("10.0.0.2", 40002)
+    core.receive_datagram(codec.encode(beat(b"B" * 8, 0)), b, 10.0)
+    chat = codec.Chat(b"B" * 8, 1, 2, "b", "lobby", "two")
+    core.receive_datagram(codec.encode(chat), b, 10.0)  # seq 1 is missing
+    now = 10.0
+    while now < 11.0:
+        now = round(now + 0.005, 3)
+        if not silent:
+            core.receive_datagram(codec.encode(beat(b"B" * 8, 2)), b, now)
+        for when, msg in drive(core, now):
+            if isinstance(msg, codec.Nack):
+                return when
+    raise AssertionError("no Nack within 1 s")
+
+
+def test_a_receiver_that_hears_nothing_puts_its_nack_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Deaf (in a loss burst?) it may have missed the Nack or repair that would have
+    # suppressed it: it waits up to NACK_DEFERRALS more back-offs, then asks anyway.
+    monkeypatch.setattr(cfg, "NACK_DEAF_BEATS", 0.03)  # one member beating at 1/s: 30 ms
+    monkeypatch.setattr(cfg, "NACK_BACKOFF", (0.06, 0.09))
+    heard, silent = _gap_then(silent=False), _gap_then(silent=True)
+    low, high = cfg.NACK_BACKOFF
+    assert 10.0 + low <= heard <= 10.0 + high + 0.005
+    assert heard + low <= silent <= 10.0 + (1 + cfg.NACK_DEFERRALS) * high + 0.005
 
 
 # ---------------------------------------------------- the sender's repair window
@@ -299,7 +374,7 @@ def test_repair_window_forgets_messages_older_than_60_s() -> None:
     assert [s.msg for s in lan.sent_by(b, codec.Gone)] == [
         Gone(pid(b), b.core.identity.instance, ((1, 1),))
     ]
-    assert chats_sent(lan, b, t0) == [2, 2]
+    assert chats_sent(lan, b, t0) == [2] * COPIES  # the repair and its repeats
 
 
 def test_sender_ignores_requests_for_seqs_it_never_sent() -> None:
@@ -326,7 +401,7 @@ def test_expired_message_is_reported_lost_as_soon_as_the_sender_says_gone(
     (event,) = a.of_type(ev.MessagesLost)
     assert (event.peer_id, event.nick) == (b.peer_id, "b")
     (when,) = times(a, ev.MessagesLost)
-    assert when - t0 < cfg.TAIL_BEAT_DELAYS[0] + cfg.NACK_BACKOFF[1] + 0.01  # no retries
+    assert when - t0 < cfg.TAIL_BEAT_DELAYS[0] + first_nack_within()[1] + 0.01  # no retries
     assert a.of_type(ev.ChatReceived) == [] and len(nacks(lan, a)) == 1
 
 
@@ -342,9 +417,10 @@ def test_message_never_repaired_is_reported_lost_once_after_the_last_round() -> 
     low, high = cfg.NACK_BACKOFF
     rounds = len(cfg.REPAIR_WAITS)
     waits = sum(cfg.REPAIR_WAITS)
-    assert seen + waits + (rounds + 1) * low <= when <= seen + waits + (rounds + 1) * high + 0.01
+    backoffs = rounds * (1 + cfg.NACK_DEFERRALS) + 1  # at most, each round's put off
+    assert seen + waits + (rounds + 1) * low <= when <= seen + waits + backoffs * high + 0.01
     assert len(nacks(lan, a)) == rounds
-    assert len(repairs(lan, b, 1)) == 2 * rounds
+    assert len(repairs(lan, b, 1)) == COPIES * rounds
     assert a.core.stats.lost == 1
 
 
@@ -363,7 +439,7 @@ def test_many_nacks_for_one_seq_cause_one_repair() -> None:
         feed(lan, b, nack_from(a, b, (1, 1)), addr(a))
     lan.run(1)
     sent = [s.time - t0 for s in repairs(lan, b, 1)]
-    assert sent == pytest.approx([0.0, cfg.REPAIR_REPEAT])  # one repair and its repeat
+    assert sent == pytest.approx([0.0, *cfg.REPAIR_REPEATS])  # one repair and its repeats
     assert b.core.stats.repairs_held == 18
 
 
@@ -379,9 +455,9 @@ def test_one_nack_repairs_at_most_four_seqs_and_a_flood_is_rate_limited() -> Non
     for i in range(500):
         lan.run(0.002)
         feed(lan, b, nack_from(a, b, (5 + i % 90, 5 + i % 90)), addr(a))
-    allowed = 32 + 32 * (lan.now - t0)  # seqs repaired in all, each sent twice
+    allowed = 32 + 32 * (lan.now - t0)  # seqs repaired in all, each sent COPIES times
     lan.run(1)
-    assert allowed - 2 <= b.core.stats.repairs_sent / 2 <= allowed
+    assert allowed - 2 <= b.core.stats.repairs_sent / COPIES <= allowed
     assert b.core.stats.rate_limited >= 500 - allowed
 
 
@@ -451,8 +527,8 @@ def test_a_stream_with_too_many_holes_reports_the_oldest_lost() -> None:
         core.receive_datagram(codec.encode(chat), source, 10.0)
     lost = [e for e in iter(core.next_event, None) if isinstance(e, ev.MessagesLost)]
     assert [(e.count, e.first_seq) for e in lost] == [(1, s) for s in range(1, 17, 2)]
-    sent = [m for _, m in drive(core, 10.06) if isinstance(m, codec.Nack)]
-    asked = [r for m in sent for r in m.ranges]
+    sent = [m for _, m in drive(core, 10.01 + first_nack_within()[1]) if isinstance(m, codec.Nack)]
+    asked = {r for m in sent for r in m.ranges}
     assert len(asked) == 32
     assert all(len(m.ranges) <= codec.MAX_NACK_RANGES for m in sent)
 
@@ -500,7 +576,7 @@ def test_repairs_in_a_keyed_group_are_sealed_anew_and_accepted() -> None:
     lan.run(1)
     assert dropped
     assert [e.text for e in a.of_type(ev.ChatReceived)] == ["sealed"]
-    assert a.core.stats.replayed == 0 and b.core.stats.repairs_sent == 2
+    assert a.core.stats.replayed == 0 and b.core.stats.repairs_sent == COPIES
     assert a.core.stats.nacks_sent == 1
 
 
@@ -544,19 +620,65 @@ def _simulate_module() -> ModuleType:
 @pytest.mark.parametrize("model", ["independent", "bursty"])
 def test_simulation_meets_the_targets_with_ten_peers(model: str) -> None:
     sim = _simulate_module()
-    r = sim.simulate(peers=10, seconds=20.0, rate=0.5, loss=0.2, model=model, seed=1)
-    assert r.expected > 900 and r.first_copy_lost > 0.15 * r.expected  # the loss was real
+    # ~1900 deliveries: enough that 99.9 % in time allows one straggler, not none.
+    r = sim.simulate(peers=10, seconds=40.0, rate=0.5, loss=0.2, model=model, seed=1)
+    assert r.expected > 1800 and r.first_copy_lost > 0.15 * r.expected  # the loss was real
     assert r.in_time / r.expected >= 0.999
-    assert r.nacks / r.messages_hit <= 2.0
+    assert r.nacks / r.messages_hit <= 1.7
     assert r.unreported == 0 and r.twice == 0 and r.false_reports == 0
     assert r.false_departures == 0
 
 
-def test_simulation_reports_every_message_a_crashed_sender_could_not_repair() -> None:
+def test_simulation_reports_every_message_a_crashed_sender_could_not_repair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a receiver knows of each stream: the highest seq a Chat, Beat or Nack showed it.
+    known: dict[tuple[int, str], int] = {}
+    nodes: list[FakeNode] = []
+    receive, add_node = NodeCore.receive_datagram, FakeLan.add_node
+
+    def tracking_add_node(self: FakeLan, *args: Any, **kwargs: Any) -> FakeNode:
+        nodes.append(add_node(self, *args, **kwargs))
+        return nodes[-1]
+
+    def tracking_receive(self: NodeCore, data: bytes, source: Address, now: float) -> None:
+        msg = decoded(data)
+        shown: tuple[bytes, int] | None = None
+        if isinstance(msg, codec.Chat | codec.Notice):
+            shown = (msg.sender, msg.seq)
+        elif isinstance(msg, codec.Beat):
+            shown = (msg.sender, msg.last_seq)
+        elif isinstance(msg, codec.Nack):
+            shown = (msg.target_sender, msg.ranges[-1][1])
+        if shown is not None:
+            key = (id(self), shown[0].hex())
+            known[key] = max(known.get(key, 0), shown[1])
+        receive(self, data, source, now)
+
+    monkeypatch.setattr(FakeLan, "add_node", tracking_add_node)
+    monkeypatch.setattr(NodeCore, "receive_datagram", tracking_receive)
     sim = _simulate_module()
     r = sim.simulate(peers=10, seconds=20.0, rate=0.5, loss=0.2, seed=1, crashes=3)
     assert r.expected > r.delivered  # some final messages were unrecoverable
-    assert r.unreported == 0 and r.reported_lost - r.false_reports == r.expected - r.delivered
+    assert r.reported_lost - r.false_reports + r.unreported == r.expected - r.delivered
+    # A receiver cannot report a last message it never heard of: the sender crashed
+    # before any Beat showed it, and no other receiver missed it and asked. Every
+    # message it did hear of arrived or was reported.
+    unknowable = 0
+    for node in nodes[:7]:  # the receivers (the last three crashed)
+        got = {(e.peer_id, e.seq) for e in node.of_type(ev.ChatReceived)}
+        lost = node.of_type(ev.MessagesLost)
+        for other in nodes:
+            for seq in range(1, other.core._seq + 1):
+                if other is node or (other.peer_id, seq) in got:
+                    continue
+                if any(
+                    e.peer_id == other.peer_id and e.first_seq <= seq <= e.last_seq for e in lost
+                ):
+                    continue
+                assert seq > known.get((id(node.core), other.peer_id), 0)  # never heard of
+                unknowable += 1
+    assert unknowable == r.unreported
 
 
 # ---------------------------------------------------------------------- codec
