@@ -800,8 +800,10 @@ class _Session:
         self.show([(_ERROR_STYLE, f"error: {sanitize(text)}")])
 
     def lines(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.show([("", line)])
+        """Several plain lines in one print: a table shows whole, with one redraw."""
+        text = "\n".join(lines)
+        if text:
+            self.show([("", text)])
 
     def show_history(self, room: str, limit: int = RECENT_LINES) -> None:
         """The last lines of a room from the message history, greyed, with their dates."""

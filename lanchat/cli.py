@@ -415,7 +415,9 @@ def notice(wait: float, text: tuple[str, ...], no_history: bool, **kwargs: Any) 
 
     acked, known = run(go)
     missing = [p.nick for p in known if p.peer_id not in acked]
-    line = f"notice sent; acknowledged by {len(acked)} of {len(known)} known peers"
+    # A peer whose acknowledgement came but whose Beat did not is known all the same.
+    everyone = {p.peer_id for p in known} | acked
+    line = f"notice sent; acknowledged by {len(acked)} of {len(everyone)} known peers"
     if missing:
         line += f" (no acknowledgement from {', '.join(sorted(missing))})"
     click.echo(line)

@@ -82,12 +82,20 @@ SMALL_GROUP: Final = round(HEARTBEAT_RATE_BUDGET * HEARTBEAT_INTERVAL)
 # second's heartbeat budget) instead of one from every member, and the rest
 # from their regular Beats.
 QUERY_ANSWERS: Final = SMALL_GROUP
-# A member answers at most 4 queries in a burst, then one per heartbeat
-# interval: answers cost the group no more than its heartbeats in the long run,
-# and a mass join of N nodes at most ~4 N answers (the newcomers see each other's
-# announcements anyway). 4 covers a newcomer whose first answer was lost and
-# a few newcomers at once.
+# A member answers at most a burst of queries, then one per heartbeat interval:
+# answers cost the group no more than its heartbeats in the long run. The burst
+# is 200 / n, between 4 and 32: the whole group answers at most ~200 queries at
+# once (a mass join of 1000 costs ~4000 answers; the newcomers see each other's
+# announcements anyway), while in a small group a member still answers every
+# newcomer and one-shot tool of a busy start (five hosts starting together, then
+# `lanchat peers`: with a burst of 4 the last querier missed answers).
 QUERY_ANSWER_BURST: Final = 4.0
+QUERY_ANSWER_BURST_MAX: Final = 32.0
+QUERY_ANSWER_GROUP_BURST: Final = 200.0
+# A node starts with 8 answers in hand: the members of a small group starting
+# together answer each other (one query each) with some to spare, and a mass
+# join of N costs at most ~8 N answers in its first second.
+QUERY_ANSWER_START: Final = 8.0
 
 # Announce at once, then with back-off (RFC 6762 section 8.3 announces twice
 # 1 s apart; on a LAN a quicker repeat costs little): at 20 % loss a peer misses

@@ -416,7 +416,7 @@ class NodeCore:
         self._stream_instances: dict[bytes, set[int]] = {}  # sender -> tracked instances
         self._requesters: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._repair_bucket = _Bucket(_REPAIR_BURST, 0.0)
-        self._answer_bucket = _Bucket(cfg.QUERY_ANSWER_BURST, 0.0)
+        self._answer_bucket = _Bucket(cfg.QUERY_ANSWER_START, 0.0)
         # When we last heard the group's multicast, and when a silence long enough
         # to be deaf (_deaf_after) last ended: a Nack or repair may have passed us by.
         self._heard_at = self._deaf_end = float("-inf")
@@ -1089,7 +1089,8 @@ class NodeCore:
         if n > cfg.QUERY_ANSWERS and self._rng.random() * n >= cfg.QUERY_ANSWERS:
             return  # a big group: ~QUERY_ANSWERS members answer, the rest beat soon
         rate = 1.0 / self.heartbeat_interval()
-        if self._answer_bucket.refill(cfg.QUERY_ANSWER_BURST, rate, now) < 1:
+        burst = min(cfg.QUERY_ANSWER_BURST_MAX, cfg.QUERY_ANSWER_GROUP_BURST / n)
+        if self._answer_bucket.refill(max(cfg.QUERY_ANSWER_BURST, burst), rate, now) < 1:
             self.stats.rate_limited += 1
             return
         self._answer_bucket.tokens -= 1

@@ -226,7 +226,8 @@ def test_screen_who_completion_history_resize_notice_and_random(
 
     # /who: the roster of the room, with status and last heard.
     alice.say("/who")
-    screen = alice.wait_screen(lambda s: "#lobby: 3 people" in s)
+    # The table's lines are printed one by one above the prompt: wait for the last.
+    screen = alice.wait_screen(lambda s: "#lobby: 3 people" in s and "alice>" in nonblank(s)[-1])
     assert re.search(r"^  alice +online +\(you\)$", screen, re.M), screen
     assert re.search(r"^  bob +online +\d+\.\ds ago$", screen, re.M), screen
     assert re.search(r"^  carol +away: lunch +\d+\.\ds ago$", screen, re.M), screen
