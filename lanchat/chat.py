@@ -91,6 +91,10 @@ _QUOTE_CHARS: Final = 40
 # A notice stays pinned above the prompt this long (or until the next one): long
 # enough to be read after a coffee, short enough not to hide the chat for good.
 _NOTICE_PINNED: Final = 600.0
+# A peer unreachable for a moment (a few heartbeats lost: at 20 % loss each peer
+# is, ~3.5 times an hour) is not news: the chat says so only when it lasts 5 s,
+# and then says when it is back. /who shows the state at any time.
+UNREACHABLE_SHOWN_AFTER: Final = 5.0
 # Direct messages in flight shown above the prompt; the rest are counted. Each
 # settles within cfg.DIRECT_GIVE_UP (5 s), so only a burst ever reaches this.
 _MAX_SHOWN_IN_FLIGHT: Final = 3
@@ -780,6 +784,34 @@ class _Session:
         # The last notice, pinned above the prompt (interactive) until a newer one or
         # _NOTICE_PINNED seconds pass: (loop time, its line).
         self.pinned: tuple[float, Fragments] | None = None
+        # Unreachable peers not shown yet (their line is due later), and those shown.
+        self.held: dict[str, asyncio.TimerHandle] = {}
+        self.shown_unreachable: set[str] = set()
+
+    def _flap_settled(self, event: ev.Event) -> bool:
+        """Whether to show an event now: brief unreachability is held back, then dropped."""
+        match event:
+            case ev.PeerUnreachable(peer=p):
+                if p.peer_id not in self.held and p.peer_id not in self.shown_unreachable:
+                    loop = asyncio.get_running_loop()
+                    self.held[p.peer_id] = loop.call_later(
+                        UNREACHABLE_SHOWN_AFTER, self._unreachable_lasted, event
+                    )
+                return False
+            case ev.PeerReachable(peer=p) | ev.PeerLeft(peer=p) | ev.PeerRestarted(peer=p):
+                handle = self.held.pop(p.peer_id, None)
+                if handle is not None:
+                    handle.cancel()
+                    return not isinstance(event, ev.PeerReachable)  # back before it was news
+                shown = p.peer_id in self.shown_unreachable
+                self.shown_unreachable.discard(p.peer_id)
+                return shown or not isinstance(event, ev.PeerReachable)
+        return True
+
+    def _unreachable_lasted(self, event: ev.PeerUnreachable) -> None:
+        self.held.pop(event.peer.peer_id, None)
+        self.shown_unreachable.add(event.peer.peer_id)
+        self.show(event_fragments(event, datetime.now()))
 
     # -- output
 
@@ -871,6 +903,8 @@ class _Session:
             self.on_event(await queue.get())
 
     def on_event(self, event: ev.Event) -> None:
+        if not self._flap_settled(event):
+            return
         if (
             isinstance(event, ev.ChatReceived | ev.ChatRecalled)
             and event.room not in self.node.rooms
@@ -1176,6 +1210,8 @@ async def run_join(
     finally:
         pump.cancel()
         await asyncio.wait([pump])
+        for handle in session.held.values():  # no line after the session ended
+            handle.cancel()
         node.unsubscribe(queue)
         if not pump.cancelled() and (failure := pump.exception()) is not None:
             raise failure  # a bug in the event display: do not hide it

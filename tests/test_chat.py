@@ -816,3 +816,53 @@ def test_session_random_pairing_and_who(lo_port: int) -> None:
     assert "--- alice left the conversation" in b and "--- back in #lobby" in b
     # After /leave, lines go to the room again.
     assert "[#lobby] <alice> back in the room" in b
+
+
+# ------------------------------------------------ brief unreachability is not news
+
+
+class _QuietNode:
+    """What a chat session reads of its node when it only prints events."""
+
+    rooms = ("lobby",)
+    history = None
+
+    def peers(self) -> list[ev.PeerInfo]:
+        return []
+
+
+def test_a_peer_unreachable_for_a_moment_is_not_shown_one_that_stays_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lanchat.chat as chat_module
+
+    monkeypatch.setattr(chat_module, "UNREACHABLE_SHOWN_AFTER", 0.05)
+    out = io.StringIO()
+
+    async def main() -> None:
+        session = chat_module._Session(
+            _QuietNode(),  # type: ignore[arg-type]
+            "lobby",
+            out=out,
+            interactive=False,
+            colour=False,
+        )
+        session.on_event(ev.PeerUnreachable(P))  # a flap: back within the hold
+        session.on_event(ev.PeerReachable(P))
+        await asyncio.sleep(0.1)
+        assert out.getvalue() == ""
+        session.on_event(ev.PeerUnreachable(P))  # it lasts: shown once, then its return
+        session.on_event(ev.PeerUnreachable(P))
+        await asyncio.sleep(0.1)
+        session.on_event(ev.PeerReachable(P))
+        session.on_event(ev.PeerUnreachable(P))  # and a timeout after a hold: only the leave
+        session.on_event(ev.PeerLeft(P, "timeout"))
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "--- bob is unreachable",
+        "--- bob is reachable again",
+        "<-- bob timed out",
+    ]
