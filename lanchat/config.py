@@ -252,6 +252,13 @@ class NodeConfig:
 # drops/s per core), so a 20,000/s flood takes ~10 % of one core.
 SOURCE_RATE: Final = 1000.0
 SOURCE_BURST: Final = 2000.0
+# Datagrams whose cleartext sender id is a known peer's have a bucket of their
+# own per source, 40,000 a second and at once: a peer may send chat as fast as
+# lanchat can (one sender reaches ~15,000/s; repairs and the receivers' Nacks
+# come on top), while strangers' junk and invented peers stay at SOURCE_RATE.
+# A host forging a known peer's id gets this rate (section 13.5: only a key stops it).
+KNOWN_SOURCE_RATE: Final = 40000.0
+KNOWN_SOURCE_BURST: Final = 40000.0
 # All sources together, 10,000 datagrams a second, as many at once: 4096 peers
 # beating once a second plus their chat take about half of it, and full handling
 # (~10-20 us each) of the whole budget stays under a fifth of one core. Past it
@@ -261,14 +268,16 @@ TOTAL_BURST: Final = 10000.0
 # Answer credit per source IP is capped at 16 KB: ~400 acks or 20 query answers
 # in a row, while a source that once sent a lot cannot bank an unlimited burst.
 ANSWER_CREDIT_MAX: Final = 16384
-# New peers, i.e. Beats of unknown peer ids taken into the peer table: 8 at once
-# and one per 2 s per source address (a host runs one lanchat per user; eight
-# users starting together, a restart keeps its peer id), 512 at once and 64 a
-# second in total (a newcomer learns a 512-peer LAN from its first query; a whole
-# floor booting together is known within seconds). A refused Beat is repeated
-# by its peer within a second. One host can so invent at most a peer per 2 s:
-# the table, whose every entry costs timers and pings, stays real peers'.
-NEW_PEERS_PER_SOURCE_BURST: Final = 8.0
-NEW_PEERS_PER_SOURCE_RATE: Final = 0.5
+# New peers, i.e. Beats of unknown peer ids taken into the peer table: 16 at
+# once and one a second per source address (a host runs one lanchat per user;
+# a restart after a goodbye, or a test rig starting processes with fresh
+# identities, is a new peer again: at 8 and one per 2 s, ten restarts on one
+# host left the tenth unseen for a second), 512 at once and 64 a second in total
+# (a newcomer learns a 512-peer LAN from its first query; a whole floor booting
+# together is known within seconds). A refused Beat is repeated by its peer
+# within a second. One host can so invent at most a peer a second, and a silent
+# invented peer is gone 10 s later: the table stays real peers'.
+NEW_PEERS_PER_SOURCE_BURST: Final = 16.0
+NEW_PEERS_PER_SOURCE_RATE: Final = 1.0
 NEW_PEERS_BURST: Final = 512.0
 NEW_PEERS_RATE: Final = 64.0

@@ -3,8 +3,10 @@
 Three rules, applied to every datagram before it is decoded (PROTOCOL.md section 13):
 
 * **Per source address**: a token bucket per source IP (`cfg.SOURCE_RATE` a
-  second, `cfg.SOURCE_BURST` at once). One host flooding empties only its own
-  bucket; every other host keeps its own, whole.
+  second, `cfg.SOURCE_BURST` at once) for datagrams of strangers (no sender id
+  a known peer's), and one for those of known peers (`cfg.KNOWN_SOURCE_*`, high
+  enough for a peer's chat at full speed). One host flooding empties only its
+  own buckets; every other host keeps its own, whole.
 * **In total**: one bucket for everything admitted (`cfg.TOTAL_RATE`,
   `cfg.TOTAL_BURST`) caps the work many sources together can cause. When it is
   empty only *strangers* are refused: a datagram whose (cleartext) sender id is
@@ -52,6 +54,8 @@ class _Source:
     credit: int = 0
     peers: float = cfg.NEW_PEERS_PER_SOURCE_BURST  # new peers it may still introduce
     peers_stamp: float = 0.0
+    known_tokens: float = cfg.KNOWN_SOURCE_BURST  # datagrams of known peers it may send
+    known_stamp: float = 0.0
 
 
 class Limits:
@@ -90,16 +94,27 @@ class Limits:
             return ADMITTED
         source = self._sources.get(ip)
         if source is None:
-            source = self._sources[ip] = _Source(self.burst, now)
+            source = self._sources[ip] = _Source(
+                self.burst, now, known_tokens=cfg.KNOWN_SOURCE_BURST, known_stamp=now
+            )
             if len(self._sources) > self.max_sources:
                 self._sources.popitem(last=False)
         else:
             self._sources.move_to_end(ip)
+        if known:  # a known peer's chat may come fast: its own, larger bucket
+            tokens = source.known_tokens + (now - source.known_stamp) * cfg.KNOWN_SOURCE_RATE
+            tokens = tokens if tokens < cfg.KNOWN_SOURCE_BURST else cfg.KNOWN_SOURCE_BURST
+            source.known_stamp = now
+            if tokens < 1.0:
+                source.known_tokens = tokens
+                return FLOODED
+            source.known_tokens = tokens - 1.0
+        else:
             tokens = source.tokens + (now - source.stamp) * self.rate
             source.tokens = tokens if tokens < self.burst else self.burst
             source.stamp = now
-        if source.tokens < 1.0:
-            return FLOODED
+            if source.tokens < 1.0:
+                return FLOODED
         total = self._total + (now - self._total_stamp) * self.total_rate
         total = total if total < self.total_burst else self.total_burst
         self._total_stamp = now
@@ -109,7 +124,8 @@ class Limits:
                 return OVERLOADED
         else:
             self._total = total - 1.0
-        source.tokens -= 1.0
+        if not known:
+            source.tokens -= 1.0
         credit = source.credit + size
         source.credit = credit if credit < self.max_credit else self.max_credit
         return ADMITTED

@@ -34,12 +34,26 @@ def test_a_source_gets_its_burst_then_its_rate_and_others_keep_theirs() -> None:
     limits = Limits(rate=100, burst=10, total_rate=1e6, total_burst=1e6)
     verdicts = [limits.admit("10.0.0.1", 50, 0.0, known=False) for _ in range(15)]
     assert verdicts == [ADMITTED] * 10 + [FLOODED] * 5
-    assert limits.admit("10.0.0.2", 50, 0.0, known=True) == ADMITTED  # another host: untouched
-    assert limits.admit("10.0.0.1", 50, 0.005, known=True) == FLOODED  # 0.5 token refilled
-    assert limits.admit("10.0.0.1", 50, 0.010, known=True) == ADMITTED  # a whole one
+    assert limits.admit("10.0.0.2", 50, 0.0, known=False) == ADMITTED  # another host: untouched
+    assert limits.admit("10.0.0.1", 50, 0.005, known=False) == FLOODED  # 0.5 token refilled
+    assert limits.admit("10.0.0.1", 50, 0.010, known=False) == ADMITTED  # a whole one
     # A long silence refills to the burst, never beyond it.
     later = [limits.admit("10.0.0.1", 50, 100.0, known=False) for _ in range(11)]
     assert later == [ADMITTED] * 10 + [FLOODED]
+
+
+def test_a_known_peers_datagrams_have_their_own_larger_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cfg, "KNOWN_SOURCE_RATE", 1000.0)
+    monkeypatch.setattr(cfg, "KNOWN_SOURCE_BURST", 20.0)
+    limits = Limits(rate=100, burst=10, total_rate=1e6, total_burst=1e6)
+    strangers = [limits.admit("10.0.0.1", 50, 0.0, known=False) for _ in range(11)]
+    assert strangers == [ADMITTED] * 10 + [FLOODED]  # junk from the host is held...
+    known = [limits.admit("10.0.0.1", 50, 0.0, known=True) for _ in range(21)]
+    assert known == [ADMITTED] * 20 + [FLOODED]  # ...its peer's chat is not, up to its own
+    assert limits.admit("10.0.0.1", 50, 0.001, known=True) == ADMITTED  # 1000/s refills it
+    assert limits.admit("10.0.0.1", 50, 0.001, known=False) == FLOODED  # strangers: still not
 
 
 def test_past_the_total_only_datagrams_claiming_a_known_peer_get_in() -> None:
