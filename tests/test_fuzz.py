@@ -6,12 +6,7 @@ Each invariant the harness checks is shown to fail here when a bug is injected.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-import sys
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,22 +16,9 @@ from hypothesis import strategies as st
 from lanchat import codec, core, membership, pairing, ratelimit, seal
 from lanchat import config as cfg
 from lanchat.core import NodeCore
+from tests.script_loader import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _fuzz_module() -> ModuleType:
-    path = ROOT / "scripts" / "fuzz"
-    loader = importlib.machinery.SourceFileLoader("lanchat_fuzz", str(path))
-    spec = importlib.util.spec_from_loader("lanchat_fuzz", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lanchat_fuzz"] = module
-    loader.exec_module(module)
-    return module
-
-
-fuzz = _fuzz_module()
+fuzz = load_script("fuzz")
 
 
 def _kinds(result: Any) -> set[str]:

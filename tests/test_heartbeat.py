@@ -6,12 +6,7 @@ Nothing here sleeps.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import random
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -19,19 +14,7 @@ from lanchat import codec
 from lanchat import config as cfg
 from lanchat.config import NodeConfig
 from lanchat.core import Datagram, Identity, NodeCore
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _simulate_module() -> ModuleType:
-    path = ROOT / "scripts" / "simulate"
-    loader = importlib.machinery.SourceFileLoader("lanchat_simulate", str(path))
-    spec = importlib.util.spec_from_loader("lanchat_simulate", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lanchat_simulate"] = module
-    loader.exec_module(module)
-    return module
+from tests.script_loader import load_script
 
 
 def _core(seed: int = 1) -> NodeCore:
@@ -133,7 +116,7 @@ def test_a_big_group_neither_repeats_queries_nor_answers_every_one() -> None:
 
 
 def test_mass_join_converges_within_budget_after_the_transient() -> None:
-    sim = _simulate_module()
+    sim = load_script("simulate")
     r = sim.scale(peers=80, window=1.0, seed=3, settle=10.0, limit=30.0)
     assert r.converged is not None and r.converged < 10
     assert r.false_departures == 0
@@ -148,7 +131,7 @@ def test_mass_join_converges_within_budget_after_the_transient() -> None:
 
 
 def test_no_false_departures_at_20_percent_loss_and_crashes_found_fast() -> None:
-    sim = _simulate_module()
+    sim = load_script("simulate")
     r = sim.presence(peers=49, hours=2 / 49, loss=0.2, seed=4)  # 2 observer-peer hours
     assert r.removals == 0
     assert r.unreachable > 0 and r.pings > 0  # the loss was real and was probed
@@ -160,7 +143,7 @@ def test_no_false_departures_at_20_percent_loss_and_crashes_found_fast() -> None
 
 
 def test_the_removal_model_matches_the_simulation_where_removals_happen() -> None:
-    sim = _simulate_module()
+    sim = load_script("simulate")
     # The model counts every ping; at 70 % loss a peer earns less answer credit
     # than its pings cost, so the real node withholds some (PROTOCOL.md section 13).
     r = sim.presence(peers=49, hours=4 / 49, loss=0.7, seed=6, credit=False)

@@ -7,14 +7,10 @@ scripts/simulate asserting the delivery targets. Nothing here sleeps.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import random
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgpack
@@ -30,6 +26,7 @@ from lanchat.codec import Gone, Nack
 from lanchat.core import Address, Identity, NodeCore
 from lanchat.errors import ConfigError
 from lanchat.testing import FakeLan, FakeNode
+from tests.script_loader import load_script
 from tests.test_codec import REASONS as CODEC_REASONS
 from tests.test_core import Lan, addr, decoded, pid, times
 
@@ -38,7 +35,6 @@ ALICE_INSTANCE = 0x019B76DAA8004C43
 BOB = bytes.fromhex("b0b0000000000b0b")
 BOB_INSTANCE = 0x019B76DAACD20042
 U64_MAX = 2**64 - 1
-ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------ helpers
 
@@ -606,20 +602,9 @@ def test_chat_gets_through_twenty_percent_loss_with_repair() -> None:
 # --------------------------------------------------- the simulation, smaller
 
 
-def _simulate_module() -> ModuleType:
-    path = ROOT / "scripts" / "simulate"
-    loader = importlib.machinery.SourceFileLoader("lanchat_simulate", str(path))
-    spec = importlib.util.spec_from_loader("lanchat_simulate", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lanchat_simulate"] = module
-    loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("model", ["independent", "bursty"])
 def test_simulation_meets_the_targets_with_ten_peers(model: str) -> None:
-    sim = _simulate_module()
+    sim = load_script("simulate")
     # ~1900 deliveries: enough that 99.9 % in time allows one straggler, not none.
     r = sim.simulate(peers=10, seconds=40.0, rate=0.5, loss=0.2, model=model, seed=1)
     assert r.expected > 1800 and r.first_copy_lost > 0.15 * r.expected  # the loss was real
@@ -657,7 +642,7 @@ def test_simulation_reports_every_message_a_crashed_sender_could_not_repair(
 
     monkeypatch.setattr(FakeLan, "add_node", tracking_add_node)
     monkeypatch.setattr(NodeCore, "receive_datagram", tracking_receive)
-    sim = _simulate_module()
+    sim = load_script("simulate")
     r = sim.simulate(peers=10, seconds=20.0, rate=0.5, loss=0.2, seed=1, crashes=3)
     assert r.expected > r.delivered  # some final messages were unrecoverable
     assert r.reported_lost - r.false_reports + r.unreported == r.expected - r.delivered

@@ -6,35 +6,19 @@ all UDP it receives, one sender chatting 100 messages at 20/s.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from lanchat.lab import Lab
+from tests.script_loader import load_script
 
 pytest_plugins = ["tests.lab_fixtures"]
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _lab_delivery() -> ModuleType:
-    path = ROOT / "scripts" / "lab-delivery"
-    loader = importlib.machinery.SourceFileLoader("lanchat_lab_delivery", str(path))
-    spec = importlib.util.spec_from_loader("lanchat_lab_delivery", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lanchat_lab_delivery"] = module
-    loader.exec_module(module)
-    return module
-
 
 def test_chat_through_twenty_percent_loss_arrives_or_is_reported(lab: Lab, tmp_path: Path) -> None:
-    script = _lab_delivery()
+    script = load_script("lab-delivery")
     (lossy, clean), senders = script.measure(
         lab, hosts=4, messages=100, rate=20.0, senders=1, loss=0.2, home=tmp_path
     )
