@@ -276,13 +276,18 @@ def test_screen_who_completion_history_resize_notice_and_random(
 
     # /random: alice asks, bob is told and asks too: they pair.
     alice.say("/random")
-    alice.wait_screen(lambda s: "looking for a partner: whoever else types /random" in s)
-    assert nonblank(alice.screen())[-1] == "[#lobby, seeking] alice>"
+    alice.wait_screen(  # the line, then the prompt redrawn below it with the new state
+        lambda s: (
+            "looking for a partner: whoever else types /random" in s
+            and nonblank(s)[-1] == "[#lobby, seeking] alice>"
+        )
+    )
     bob.wait_screen(lambda s: "alice is looking for a partner: /random to pair" in s)
     bob.say("/random")
     bob.wait_screen(lambda s: "*** paired with alice" in s)
-    screen = alice.wait_screen(lambda s: "*** paired with bob" in s)
-    assert nonblank(screen)[-1] == "[private: bob] alice>", screen
+    alice.wait_screen(
+        lambda s: "*** paired with bob" in s and nonblank(s)[-1] == "[private: bob] alice>"
+    )
     alice.say("just us two")
     bob.wait_screen(lambda s: "[dm] <alice> just us two" in s)
     screen = alice.wait_screen(lambda s: "[dm -> bob] just us two (delivered)" in s)
