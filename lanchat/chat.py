@@ -86,6 +86,11 @@ _NOTICE_LINGER: Final = cfg.NOTICE_DELAYS[-1] + 0.05
 # A nick, room or status change goes out at once in a heartbeat, repeated after
 # cfg.ANNOUNCE_DELAYS[1] (0.03 s); stay for that first repeat in case of loss.
 _ANNOUNCE_LINGER: Final = cfg.ANNOUNCE_DELAYS[1] + 0.05
+# A chat line's receivers learn of its loss from the tail heartbeats (last at
+# 0.5 s) and ask within NACK_BACKOFF (0.15 s): a scripted `join` that exits
+# sooner cannot repair a line someone missed, and its goodbye makes them report
+# it lost. So it stays that long after its last line (2 rounds of repair).
+_CHAT_LINGER: Final = cfg.TAIL_BEAT_DELAYS[-1] + cfg.NACK_BACKOFF[1] + 2 * cfg.REPAIR_REPEATS[-1]
 # Outcome lines quote this much of the direct message they report on.
 _QUOTE_CHARS: Final = 40
 # A notice stays pinned above the prompt this long (or until the next one): long
@@ -979,6 +984,7 @@ class _Session:
                     await self._direct(node.partner, text)
                     return
                 seq = await node.say(self.room, text)
+                self.linger(_CHAT_LINGER)
                 echo = ev.ChatReceived(node.peer_id, node.nick, self.room, text, seq)
                 self.show(event_fragments(echo, datetime.now()))
             case Msg(peer=name, text=text):
