@@ -834,7 +834,10 @@ class NodeCore:
 
     def _answer(self, msg: codec.Message, to: Address) -> None:
         """Unicast an answer, if the destination IP has sent us at least as many bytes."""
-        data = codec.encode(msg)
+        self._unicast_charged(codec.encode(msg), to)
+
+    def _unicast_charged(self, data: bytes, to: Address) -> None:
+        """Unicast `data`, charged to the IP's answer credit (PROTOCOL.md 13.3), or withhold it."""
         if self.limits.spend(to[0], len(data) + self._growth):
             self._out.append(Datagram(data, to))
         else:
@@ -851,10 +854,7 @@ class NodeCore:
             rec = self.members.get(to)
             dests = rec.destinations() if rec is not None else [via] if via else []
             for dest in dests:  # unicast answers a remote peer's datagram: charged (13.3)
-                if self.limits.spend(dest[0], len(data) + self._growth):
-                    self._out.append(Datagram(data, dest))
-                else:
-                    self.stats.withheld += 1
+                self._unicast_charged(data, dest)
         for when, token in pairing.take_timers():
             self._at(when, "pair", token)
         self._events.extend(pairing.take_events())
@@ -977,11 +977,7 @@ class NodeCore:
 
     def _answer_beat(self, to: Address) -> None:
         """A query's answer: our Beat, unicast, charged to the querier's credit."""
-        data = self._beat()
-        if self.limits.spend(to[0], len(data) + self._growth):
-            self._out.append(Datagram(data, to))
-        else:
-            self.stats.withheld += 1
+        self._unicast_charged(self._beat(), to)
 
     def _ping(self, rec: PeerRecord) -> None:
         """Ping a silent peer at each of its addresses that has sent us a Ping's worth.
@@ -992,10 +988,7 @@ class NodeCore:
         self._ping_token += 1
         data = codec.encode(codec.Ping(self._id, self._inst, self._ping_token))
         for dest in rec.destinations():
-            if self.limits.spend(dest[0], len(data) + self._growth):
-                self._out.append(Datagram(data, dest))
-            else:
-                self.stats.withheld += 1
+            self._unicast_charged(data, dest)
 
     def _fire(self, kind: str, key: int, now: float) -> None:
         if kind == "query":
