@@ -74,7 +74,7 @@ PING_EVERY_INTERVALS: Final = 0.5
 # answer would otherwise keep a peer unseen for a whole interval. Once a node
 # knows this many members (the group that fills the budget at the minimum
 # interval) it stops repeating them: in a bigger group every member's regular
-# Beat comes soon enough, and a mass join of N nodes must not cost N x 13
+# Beat comes soon enough, and a mass join of N nodes must not cost N x 20
 # datagrams of 100-840 bytes (PROTOCOL.md sections 3.1-3.2).
 SMALL_GROUP: Final = round(HEARTBEAT_RATE_BUDGET * HEARTBEAT_INTERVAL)
 # A member of a bigger group answers a query with probability
@@ -99,13 +99,18 @@ QUERY_ANSWER_START: Final = 8.0
 
 # Announce at once, then with back-off (RFC 6762 section 8.3 announces twice
 # 1 s apart; on a LAN a quicker repeat costs little): at 20 % loss a peer misses
-# all of the first three (within 150 ms) only 0.8 % of the time.
-ANNOUNCE_DELAYS: Final = (0.0, 0.03, 0.08, 0.15, 0.4, 1.0)
+# all of the first three (within 150 ms) 0.8 % of the time, and all eight sent
+# within 0.8 s 2.6e-6 of the time, so a newcomer is seen by all nine members of
+# a 10-host group within a second but for ~2 joins in 100,000.
+ANNOUNCE_DELAYS: Final = (0.0, 0.03, 0.08, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0)
 # A newcomer asks who is there at once and repeats with back-off: a query
-# round trip fails 36 % of the time at 20 % loss, four rounds 1.7 %, seven
-# 0.08 %. Peers it already knows stay silent (the query lists them), so the
-# repeats cost one datagram each once everyone has answered.
-QUERY_DELAYS: Final = (0.0, 0.03, 0.08, 0.15, 0.25, 0.4, 0.7)
+# round trip fails 36 % of the time at 20 % loss, four rounds 1.7 %, eleven
+# 1.3e-5. With nine members that is a member unseen after 0.85 s in ~1 join of
+# 10,000 (seven rounds over 0.7 s left one unseen in 0.7 % of joins, and its
+# next regular Beat came up to 1.23 s later: scripts/simulate --discovery).
+# Peers it already knows stay silent (the query lists them), so the repeats
+# cost one datagram each once everyone has answered.
+QUERY_DELAYS: Final = (0.0, 0.03, 0.08, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85)
 # One-shot tools (peers, send, notice) ask within their default 1 s wait.
 QUERY_DELAYS_ONESHOT: Final = QUERY_DELAYS
 # Answers to a query are spread over a random delay so N peers don't burst:

@@ -445,6 +445,7 @@ class NodeCore:
         if self.started:
             return
         self.started = True
+        self._answer_bucket.stamp = now  # it holds QUERY_ANSWER_START, not a refill since 0
         for room in self.config.rooms:
             self._ring(room, now)  # from now on we hear all of its chat
         self._discover(now)

@@ -66,7 +66,7 @@ _RANK: Final = {OK: 0, WARNING: 1, PROBLEM: 2}
 GROUP: Final = "group"  # arrived on the group socket (multicast)
 UNICAST: Final = "unicast"  # arrived on the unicast socket (answers, pings, directs)
 
-# Two seconds cover the start-up queries (sent over 0.7 s, config.QUERY_DELAYS),
+# Two seconds cover the start-up queries (sent over 0.85 s, config.QUERY_DELAYS),
 # the answers (spread over at most 0.5 s) and at least one heartbeat of every
 # member (jittered over 0.5-1.5 s at the default 1 s interval).
 DEFAULT_WAIT: Final = 2.0

@@ -7,8 +7,9 @@
 
 Datagrams can be dropped, duplicated and delayed (which reorders them); every
 random choice comes from one `random.Random(seed)`, so a run is reproducible.
-Multicast reaches every node with an address in the sender interface's /24 and
-loops back to the sender, as IP_MULTICAST_LOOP does on a real host.
+Multicast reaches every node with an address in the sender interface's subnet
+(a /24, or a /16 with `prefix=16` for groups of more than 250 nodes) and loops
+back to the sender, as IP_MULTICAST_LOOP does on a real host.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ class FakeLan:
         duplicate: float = 0.0,
         delay: tuple[float, float] = (0.0002, 0.002),
         start: float = 1000.0,
+        prefix: int = 24,
     ) -> None:
+        if prefix not in (16, 24):
+            raise ValueError("prefix must be 16 or 24")
+        self._octets = prefix // 8  # an address's subnet: its first 2 or 3 octets
         self.rng = random.Random(seed)
         self.loss = loss
         self.duplicate = duplicate
@@ -77,7 +82,7 @@ class FakeLan:
         self.delivered = 0
         self.dropped = 0
         self._by_addr: dict[Address, FakeNode] = {}
-        self._subnets: dict[str, list[FakeNode]] = {}  # "10.0.0" -> nodes with an address in it
+        self._subnets: dict[str, list[FakeNode]] = {}  # "10.0.0" -> nodes with an address there
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._counter = 0
 
@@ -111,7 +116,7 @@ class FakeLan:
         self.nodes.append(node)
         for ip in addrs:
             self._by_addr[(ip, uport)] = node
-        for subnet in dict.fromkeys(ip.rsplit(".", 1)[0] for ip in addrs):
+        for subnet in dict.fromkeys(self._subnet(ip) for ip in addrs):
             self._subnets.setdefault(subnet, []).append(node)
         if start:
             core.start(self.now)
@@ -219,11 +224,14 @@ class FakeLan:
         p_out = src.loss_out or self.loss
         return self.rng.random() < p_out or self.rng.random() < dst.loss_in
 
+    def _subnet(self, ip: str) -> str:
+        return ".".join(ip.split(".")[: self._octets])
+
     def _route(self, src: FakeNode, data: bytes, to: Address | None) -> None:
         if to is None:
             for ip in src.ips:
                 source = (ip, 50000 + src.index)
-                for dst in self._subnets.get(ip.rsplit(".", 1)[0], ()):
+                for dst in self._subnets.get(self._subnet(ip), ()):
                     if dst.up:
                         self._deliver(src, dst, data, source)
             return
@@ -231,8 +239,8 @@ class FakeLan:
         if target is None:
             self.dropped += 1
             return
-        subnet = to[0].rsplit(".", 1)[0]
-        src_ip = next((ip for ip in src.ips if ip.rsplit(".", 1)[0] == subnet), src.ips[0])
+        subnet = self._subnet(to[0])
+        src_ip = next((ip for ip in src.ips if self._subnet(ip) == subnet), src.ips[0])
         self._deliver(src, target, data, (src_ip, src.core.uport))
 
     def _deliver(self, src: FakeNode, dst: FakeNode, data: bytes, source: Address) -> None:

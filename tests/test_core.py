@@ -586,6 +586,15 @@ def test_restart_replaces_the_peer_and_ignores_the_old_instance() -> None:
 # ------------------------------------------------------------ two interfaces
 
 
+@pytest.mark.parametrize("prefix", [24, 16])
+def test_fake_lan_multicast_stays_in_the_subnet_its_prefix_says(prefix: int) -> None:
+    lan = Lan(25, prefix=prefix)
+    a = lan.add_node("a", ips=("10.0.0.5",))
+    b = lan.add_node("b", ips=("10.0.1.5",))
+    lan.run(3)
+    assert (a.knows(b) and b.knows(a)) is (prefix == 16)
+
+
 def test_node_on_two_subnets_is_one_peer_with_two_addresses() -> None:
     lan = Lan(24)
     obs = lan.add_node("obs", ips=("10.0.0.5", "10.0.1.5"))

@@ -76,9 +76,9 @@ def test_beats_advertise_the_interval_in_use() -> None:
 
 def test_timer_reconsideration_postpones_a_beat_when_the_group_grew() -> None:
     core = _core()
-    _run(core, 1001.0)  # the announce burst is over; a regular Beat is booked
+    _run(core, 1001.001)  # the announce burst is over; a regular Beat is booked
     last = core._last_beat
-    assert last == 1001.0 and core._next_beat < last + 1.3
+    assert last == pytest.approx(1000.0 + cfg.ANNOUNCE_DELAYS[-1]) and core._next_beat < last + 1.3
     _feed(core, 499, 1001.01)  # 500 members now: interval 10 s
     sent = _run(core, core._next_beat)
     assert not any(isinstance(m, codec.Beat) for m in sent)
@@ -115,6 +115,16 @@ def test_a_big_group_neither_repeats_queries_nor_answers_every_one() -> None:
     assert 0 < answers <= cfg.QUERY_ANSWER_BURST + 20 / 4 + 1
 
 
+def test_a_node_starts_with_a_few_answers_in_hand_not_a_full_burst() -> None:
+    core = _core()  # started at t = 1000: the bucket holds QUERY_ANSWER_START, not a refill
+    for i in range(30):  # 30 newcomers of a mass join ask within 30 ms of our start
+        q = codec.encode(codec.Query(i.to_bytes(4, "big") + b"newc", 9, 41000, ()))
+        core.receive_datagram(q, (f"10.9.0.{i + 1}", 41000), 1000.0 + i * 0.001)
+    sent = _run_datagrams(core, 1000.1)
+    answers = sum(d.to is not None and isinstance(codec.decode(d.data), codec.Beat) for d in sent)
+    assert answers == cfg.QUERY_ANSWER_START  # + 0.1 s of refill at 1 a second: none yet
+
+
 def test_mass_join_converges_within_budget_after_the_transient() -> None:
     sim = load_script("simulate")
     r = sim.scale(peers=80, window=1.0, seed=3, settle=10.0, limit=30.0)
@@ -128,6 +138,21 @@ def test_mass_join_converges_within_budget_after_the_transient() -> None:
     late = [t for s, t in r.seconds.items() if s >= 3]
     assert max(t.count["beat"] for t in late) <= 1.5 * rate
     assert steady.count["ping"] == steady.count["query"] == 0  # no loss: nothing to probe
+
+
+def test_mass_join_past_one_subnet_converges() -> None:
+    # More than 250 nodes: FakeLan's default /24s would split them (they never met).
+    sim = load_script("simulate")
+    r = sim.scale(peers=251, window=1.0, seed=2, settle=1.0, limit=20.0)
+    assert r.converged is not None and r.false_departures == 0
+
+
+def test_a_newcomer_to_ten_hosts_at_20_percent_loss_is_discovered_within_a_second() -> None:
+    sim = load_script("simulate")
+    r = sim.discovery(hosts=10, runs=40, loss=0.2, seed=1)
+    assert len(r.both) == 40 and max(r.both) < 1.0
+    assert sorted(r.both)[20] < 0.15  # the median target at 20 % loss
+    assert all(b == max(s, t) for b, s, t in zip(r.both, r.seen, r.sees, strict=True))
 
 
 def test_no_false_departures_at_20_percent_loss_and_crashes_found_fast() -> None:
