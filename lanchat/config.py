@@ -82,8 +82,11 @@ SMALL_GROUP: Final = round(HEARTBEAT_RATE_BUDGET * HEARTBEAT_INTERVAL)
 # second's heartbeat budget) instead of one from every member, and the rest
 # from their regular Beats.
 QUERY_ANSWERS: Final = SMALL_GROUP
-# A member answers at most a burst of queries, then one per heartbeat interval:
-# answers cost the group no more than its heartbeats in the long run. The burst
+# A member answers at most a burst of queries, then its share of the group's
+# heartbeat budget (50/n a second): answers cost the group no more than its
+# heartbeats in the long run, and a group of 10 keeps up with a newcomer every
+# 0.2 s (at one per 1 s interval, members that started together and spent their
+# first answers on each other left newcomers 0.5 s apart unanswered). The burst
 # is 200 / n, between 4 and 32: the whole group answers at most ~200 queries at
 # once (a mass join of 1000 costs ~4000 answers; the newcomers see each other's
 # announcements anyway), while in a small group a member still answers every

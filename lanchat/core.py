@@ -1082,7 +1082,12 @@ class NodeCore:
         n = len(self.members) + 1
         if n > cfg.QUERY_ANSWERS and self._rng.random() * n >= cfg.QUERY_ANSWERS:
             return  # a big group: ~QUERY_ANSWERS members answer, the rest beat soon
-        rate = 1.0 / self.heartbeat_interval()
+        # Our share of the group's heartbeat budget, without the minimum interval:
+        # the whole group answers ~50 queriers' worth of Beats a second at most,
+        # however big, and a small group keeps up with a newcomer every 0.2 s.
+        rate = 1.0 / max(
+            n / cfg.HEARTBEAT_RATE_BUDGET, n * self._beat_size / cfg.HEARTBEAT_BYTE_BUDGET
+        )
         burst = min(cfg.QUERY_ANSWER_BURST_MAX, cfg.QUERY_ANSWER_GROUP_BURST / n)
         if self._answer_bucket.refill(max(cfg.QUERY_ANSWER_BURST, burst), rate, now) < 1:
             self.stats.rate_limited += 1

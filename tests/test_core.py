@@ -199,6 +199,22 @@ def test_late_node_discovers_five_members_by_query_before_one_heartbeat() -> Non
     assert len(joined) == 5 and max(joined) - t0 < 0.03
 
 
+def test_a_small_group_answers_a_newcomer_every_half_second() -> None:
+    # Nine members started together spent most of their first answers on each
+    # other; their answer budget must still keep up with churn (or `lanchat
+    # peers` run in a loop), not leave newcomers to wait for regular Beats.
+    lan = Lan(4)
+    members = [lan.add_node(f"m{i}") for i in range(9)]
+    lan.run(3)
+    for i in range(12):
+        new = lan.add_node(f"new{i}")
+        t0 = lan.now
+        assert lan.run_until(lambda: all(new.knows(m) for m in members), timeout=1.0)  # noqa: B023
+        assert lan.now - t0 < 0.01, i
+        lan.leave(new)
+        lan.run(0.5)
+
+
 def test_one_shot_node_sees_members_but_is_never_listed() -> None:
     lan = Lan(3)
     members = mesh(lan, 3)

@@ -122,7 +122,8 @@ def test_a_node_starts_with_a_few_answers_in_hand_not_a_full_burst() -> None:
         core.receive_datagram(q, (f"10.9.0.{i + 1}", 41000), 1000.0 + i * 0.001)
     sent = _run_datagrams(core, 1000.1)
     answers = sum(d.to is not None and isinstance(codec.decode(d.data), codec.Beat) for d in sent)
-    assert answers == cfg.QUERY_ANSWER_START  # + 0.1 s of refill at 1 a second: none yet
+    # 8, + what 29 ms of queries refill alone (50 a second): not the burst of 32.
+    assert cfg.QUERY_ANSWER_START <= answers <= cfg.QUERY_ANSWER_START + 2
 
 
 def test_mass_join_converges_within_budget_after_the_transient() -> None:
