@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from lanchat.lab import Lab, LabError
+from tests.e2e_helpers import LanchatNet
 
-__all__ = ["lab", "netns_required"]
+__all__ = ["lab", "net", "netns_required"]
 
 
 def _netns_problem() -> str | None:
@@ -47,3 +49,16 @@ def lab(netns_required: None) -> Iterator[Lab]:
     """A fresh, empty Lab, closed (processes ended, namespaces deleted) after the test."""
     with Lab() as new_lab:
         yield new_lab
+
+
+@pytest.fixture
+def net(lab: Lab, tmp_path: Path) -> Iterator[LanchatNet]:
+    """lanchat in the lab's hosts; listeners stopped before the lab is closed.
+
+    Teardown also checks that every line a ``listen --json`` printed was a JSON event.
+    """
+    lanchat_net = LanchatNet(lab, tmp_path / "homes")
+    yield lanchat_net
+    listeners = list(lanchat_net.listeners)
+    lanchat_net.close()
+    assert [line for x in listeners for line in x.bad_lines] == []

@@ -13,8 +13,6 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,19 +35,6 @@ pytestmark = pytest.mark.netns
 
 SCHEDULING_SLACK = 0.5  # seconds: process wake-ups on a loaded CI machine
 MESH_TIMEOUT = 5.0  # discovery takes milliseconds; this only bounds a failure
-
-
-@pytest.fixture
-def net(lab: Lab, tmp_path: Path) -> Iterator[LanchatNet]:
-    """lanchat in the lab's hosts; listeners stopped before the lab is closed.
-
-    Teardown also checks that every line a ``listen --json`` printed was a JSON event.
-    """
-    lanchat_net = LanchatNet(lab, tmp_path / "homes")
-    yield lanchat_net
-    listeners = list(lanchat_net.listeners)
-    lanchat_net.close()
-    assert [line for x in listeners for line in x.bad_lines] == []
 
 
 def _peer_left(peer_id: str) -> Any:

@@ -9,8 +9,7 @@ taken just before the lab command ran; measured figures are printed (``pytest -s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -26,16 +25,6 @@ MESH_TIMEOUT = 5.0  # discovery takes milliseconds; this only bounds a failure
 # A change is seen at the next poll; the announcement that follows takes milliseconds.
 RECOVERY_LIMIT = 5.0
 assert INTERFACE_POLL_INTERVAL + SCHEDULING_SLACK < RECOVERY_LIMIT
-
-
-@pytest.fixture
-def net(lab: Lab, tmp_path: Path) -> Iterator[LanchatNet]:
-    """lanchat in the lab's hosts; every line a listener printed must have been a JSON event."""
-    lanchat_net = LanchatNet(lab, tmp_path / "homes")
-    yield lanchat_net
-    listeners = list(lanchat_net.listeners)
-    lanchat_net.close()
-    assert [line for x in listeners for line in x.bad_lines] == []
 
 
 def about(kind: str, peer_id: str, after: float = 0.0) -> Callable[[Event], bool]:

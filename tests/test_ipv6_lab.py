@@ -10,8 +10,6 @@ usable at once. Measured times are printed (``pytest -s``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,16 +22,6 @@ MESH_TIMEOUT = 5.0  # discovery takes milliseconds; this only bounds a failure
 # Discovery across the two stacks is as fast as over IPv4 (answers within the
 # 0.5 s query spread); the slack covers process wake-ups on a loaded machine.
 DISCOVERY_LIMIT = 1.5
-
-
-@pytest.fixture
-def net(lab: Lab, tmp_path: Path) -> Iterator[LanchatNet]:
-    """lanchat in the lab's hosts; every line a listener printed must have been a JSON event."""
-    lanchat_net = LanchatNet(lab, tmp_path / "homes")
-    yield lanchat_net
-    listeners = list(lanchat_net.listeners)
-    lanchat_net.close()
-    assert [line for x in listeners for line in x.bad_lines] == []
 
 
 def joined(listener: Listener, peer_id: str) -> Event:
