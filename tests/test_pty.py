@@ -111,13 +111,7 @@ def test_interactive_join_in_a_terminal(lab: Lab, tmux: Tmux, tmp_path: Path) ->
     assert bob.stdout is not None
     assert json.loads(bob.stdout.readline())["event"] == "started"
 
-    env = " ".join(f"{k}={v}" for k, v in host_env(a, tmp_path).items())
-    command = (
-        f"env {env} PROMPT_TOOLKIT_NO_CPR=1 TERM=xterm "
-        f"ip netns exec {a.netns} {' '.join(lanchat)} join --nick alice"
-        f"; echo EXIT=$?; sleep 30"
-    )
-    tmux("new-session", "-d", "-s", "chat", "-x", "80", "-y", "24", command)
+    join_in_tmux(tmux, a, tmp_path, "alice")
     tmux.wait_screen(lambda s: "alice>" in s and "bob" in s, timeout=10)
 
     # A line typed and sent reaches the other host.
@@ -127,14 +121,7 @@ def test_interactive_join_in_a_terminal(lab: Lab, tmux: Tmux, tmp_path: Path) ->
 
     # Half a line typed, then a line arrives from another host...
     tmux.type("typing in prog")
-    carol = c.spawn(
-        [*lanchat, "join", "--nick", "carol"],
-        env=host_env(c, tmp_path),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    carol = piped_join(c, tmp_path, "carol")
     assert carol.stdin is not None
     carol.stdin.write("interrupting line from carol\n")
     carol.stdin.flush()
@@ -186,6 +173,18 @@ def join_in_tmux(
     tmux("new-session", "-d", "-s", tmux.target, *size, command)
 
 
+def piped_join(host: Host, home: Path, nick: str) -> subprocess.Popen[str]:
+    """`lanchat join --nick NICK` on `host`, its lines written to stdin by the test."""
+    return host.spawn(
+        [sys.executable, "-m", "lanchat", "join", "--nick", nick],
+        env=host_env(host, home),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 def nonblank(screen: str) -> list[str]:
     return [line.rstrip() for line in screen.splitlines() if line.strip()]
 
@@ -205,14 +204,7 @@ def test_screen_who_completion_history_resize_notice_and_random(
     alice, bob = tmux, tmux.session("bob")
     join_in_tmux(bob, b, tmp_path, "bob")
     join_in_tmux(alice, a, tmp_path, "alice")
-    carol = c.spawn(
-        [sys.executable, "-m", "lanchat", "join", "--nick", "carol"],
-        env=host_env(c, tmp_path),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    carol = piped_join(c, tmp_path, "carol")
     assert carol.stdin is not None
 
     def carol_says(line: str) -> None:
