@@ -392,6 +392,18 @@ class _QuietNode:
         return []
 
 
+def quiet_session(out: io.StringIO, clock: Clock) -> _Session:
+    """A non-interactive session printing into `out`, on a node that only has events."""
+    return _Session(
+        _QuietNode(),  # type: ignore[arg-type]
+        "lobby",
+        out=out,
+        interactive=False,
+        colour=False,
+        clock=clock,
+    )
+
+
 P = peer()
 
 
@@ -404,14 +416,7 @@ def test_a_peer_unreachable_for_a_moment_is_not_shown_one_that_stays_is(
     out = io.StringIO()
 
     async def main() -> None:
-        session = _Session(
-            _QuietNode(),  # type: ignore[arg-type]
-            "lobby",
-            out=out,
-            interactive=False,
-            colour=False,
-            clock=loop_clock(),
-        )
+        session = quiet_session(out, loop_clock())
         session.on_event(ev.PeerUnreachable(P))  # a flap: back within the hold
         session.on_event(ev.PeerReachable(P))
         await asyncio.sleep(0.1)
@@ -453,14 +458,7 @@ def test_session_reads_the_time_from_its_clock() -> None:
     """A pinned notice expires and lines are stamped by the injected clock, not the real one."""
     steps = _StepClock()
     out = io.StringIO()
-    session = _Session(
-        _QuietNode(),  # type: ignore[arg-type]
-        "lobby",
-        out=out,
-        interactive=False,
-        colour=False,
-        clock=Clock(steps.monotonic, steps.wall),
-    )
+    session = quiet_session(out, Clock(steps.monotonic, steps.wall))
     session.on_event(ev.NoticeReceived(P.peer_id, "bob", "fire drill", 1))
     pinned = "*** NOTICE from bob: fire drill ***"
     assert pinned in plain(session.prompt_fragments(80))
