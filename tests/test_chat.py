@@ -1,4 +1,4 @@
-"""Tests for lanchat.chat: the pure parser, formatter and sanitizer; sessions on loopback."""
+"""Tests for lanchat.chat: the chat session, on loopback and on an injected clock."""
 
 from __future__ import annotations
 
