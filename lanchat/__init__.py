@@ -1,4 +1,10 @@
-"""lanchat: serverless chat, presence and notices for a local network."""
+"""lanchat: serverless chat, presence and notices for a local network.
+
+`Node`, the asyncio adapter, loads on first use (PEP 562), so importing the
+package or its sans-I/O core pulls in no sockets, asyncio or terminal library.
+"""
+
+from typing import TYPE_CHECKING
 
 from lanchat.config import DEFAULT_GROUP, DEFAULT_PORT, NodeConfig
 from lanchat.core import Datagram, Identity, NodeCore
@@ -35,7 +41,9 @@ from lanchat.events import (
     PeerUnreachable,
     UnauthenticatedReceived,
 )
-from lanchat.node import Node
+
+if TYPE_CHECKING:
+    from lanchat.node import Node
 
 __version__ = "0.1.0"
 
@@ -78,3 +86,12 @@ __all__ = [
     "UnauthenticatedReceived",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The names that load I/O modules, imported when first asked for."""
+    if name == "Node":
+        from lanchat.node import Node
+
+        return Node
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,7 @@ from lanchat.codec import check_nick, check_text
 from lanchat.errors import ConfigError, LanchatError
 from lanchat.history import SinceType, default_path, print_history
 from lanchat.node import Node
+from lanchat.render import format_peers, format_table
 from lanchat.seal import key_from_passphrase, new_key_text, read_key_file
 
 T = TypeVar("T")
@@ -379,8 +380,6 @@ def peers(wait: float, as_json: bool, **kwargs: Any) -> None:
     if not found:
         click.echo("no peers found", err=True)
         return
-    from lanchat.chat import format_peers  # prompt_toolkit only for commands that print tables
-
     for line in format_peers(found, now):  # remote strings sanitized, as in /peers
         click.echo(line)
 
@@ -536,8 +535,6 @@ def interfaces(as_json: bool, **kwargs: Any) -> None:
         ipv6 = ", ".join(_ipv6_text(info, a) for a in info.ipv6 if a.link_local) or "-"
         used = "yes" if verdict.used else "no"
         rows.append((info.name, used, cidrs, *((ipv6,) if with_ipv6 else ()), verdict.reason))
-    from lanchat.chat import format_table
-
     for line in format_table(rows):
         click.echo(line)
 

@@ -70,6 +70,7 @@ from lanchat.codec import MAX_NICK_BYTES, MAX_ROOM_BYTES, MAX_TEXT_BYTES
 from lanchat.core import RECALL_KEEP, RECALL_KEEP_LINES
 from lanchat.errors import ConfigError
 from lanchat.identity import app_dir
+from lanchat.render import entry_fragments, plain
 
 __all__ = [
     "HISTORY_FILE",
@@ -567,8 +568,6 @@ def print_history(
             # ensure_ascii: control characters and bidi overrides come out as \u escapes.
             out.write(json.dumps(entry.to_json(), ensure_ascii=True) + "\n")
         return 0
-    from lanchat.chat import entry_fragments, plain  # prompt_toolkit only when printing
-
     for entry in entries:
         out.write(plain(entry_fragments(entry)) + "\n")
     return 0

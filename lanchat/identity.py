@@ -15,11 +15,10 @@ import hashlib
 import os
 import random
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import IO, Final
-
-import click
 
 from lanchat.core import Identity
 
@@ -30,7 +29,18 @@ _MAX_SLOTS: Final = 64
 def app_dir() -> Path:
     """lanchat's per-user directory (LANCHAT_HOME overrides the platform default)."""
     override = os.environ.get("LANCHAT_HOME")
-    return Path(override) if override else Path(click.get_app_dir("lanchat"))
+    return Path(override) if override else _platform_app_dir()
+
+
+def _platform_app_dir() -> Path:
+    """The platform's per-user config directory, as click.get_app_dir("lanchat") names it
+    (without importing click, which only the CLI loads)."""
+    if sys.platform.startswith("win"):
+        appdata = os.environ.get("APPDATA")
+        return Path(appdata if appdata is not None else os.path.expanduser("~"), "lanchat")
+    if sys.platform == "darwin":
+        return Path(os.path.expanduser("~/Library/Application Support"), "lanchat")
+    return Path(os.environ.get("XDG_CONFIG_HOME", os.path.expanduser("~/.config")), "lanchat")
 
 
 def new_instance(rng: random.Random | None = None) -> int:

@@ -22,14 +22,15 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
-
-import click
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from lanchat import config as cfg
 from lanchat.codec import check_nick, check_room
 from lanchat.errors import ConfigError
 from lanchat.identity import app_dir
+
+if TYPE_CHECKING:
+    import click  # only the CLI imports click; this module reads its commands' parameters
 
 __all__ = [
     "COLOUR_MODES",

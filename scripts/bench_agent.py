@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-LAB_NETWORK = ipaddress.ip_network("10.213.0.0/16")  # lanchat.lab's _NET_BASE
+LAB_NETWORK = ipaddress.ip_network("10.213.0.0/16")  # tests.lab's _NET_BASE
 ROOM = "bench"
 
 

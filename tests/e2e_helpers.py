@@ -1,4 +1,4 @@
-"""Drive the real `lanchat` command inside the hosts of a `lanchat.lab.Lab`.
+"""Drive the real `lanchat` command inside the hosts of a `tests.lab.Lab`.
 
     with Lab() as lab:
         net = LanchatNet(lab, Path(tempfile.mkdtemp()))
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lanchat.lab import Host, Lab
+from tests.lab import Host, Lab
 
 __all__ = [
     "AgentProcess",

@@ -1,4 +1,4 @@
-"""pytest fixtures for multi-host tests in network namespaces (`lanchat.lab`).
+"""pytest fixtures for multi-host tests in network namespaces (`tests.lab`).
 
 Mark such tests ``@pytest.mark.netns``. Without root, iproute2 netns or nftables they are
 skipped, but under ``CI=true`` that skip is a failure: CI must really run them.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lanchat.lab import Lab, LabError
 from tests.e2e_helpers import LanchatNet
+from tests.lab import Lab, LabError
 
 __all__ = ["lab", "net", "netns_required"]
 

@@ -1,8 +1,10 @@
-"""The protocol core does no I/O: checked by scanning its imports."""
+"""The protocol core does no I/O: checked by scanning its imports and by importing it."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,39 @@ def test_scan_sees_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import socket\nfrom time import monotonic\nfrom lanchat import node\n")
     assert {"socket", "time", "lanchat.node"} <= imported_modules(probe)
+
+
+# What importing a module may load, checked in a fresh interpreter: the set of modules
+# it leaves in sys.modules, whatever files the core is split into.
+NO_IO = {"socket", "asyncio", "click", "netifaces", "prompt_toolkit", "sqlite3", "selectors"}
+
+
+def modules_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("statement", ["import lanchat.core", "import lanchat"])
+def test_importing_the_core_loads_no_io(statement: str) -> None:
+    loaded = modules_after(statement)
+    assert "lanchat.core" in loaded
+    banned = {name for name in loaded if name.split(".")[0] in NO_IO}
+    assert not banned, f"{statement!r} loads {sorted(banned)}"
+    assert "lanchat.node" not in loaded
+
+
+def test_node_is_still_a_name_of_the_package() -> None:
+    loaded = modules_after("from lanchat import Node\nassert Node.__module__ == 'lanchat.node'")
+    assert {"lanchat.node", "asyncio", "socket"} <= loaded  # the check above sees I/O modules
+
+
+def test_only_the_cli_imports_click() -> None:
+    # history.SinceType (a click.ParamType) is the one exception left, and chat imports history.
+    exempt = {"cli", "__main__", "history", "chat"}
+    names = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in exempt)
+    assert {"identity", "settings", "node", "doctor", "render"} <= set(names)
+    loaded = modules_after("\n".join(f"import lanchat.{name}" for name in names))
+    assert "click" not in loaded

@@ -18,8 +18,8 @@ from types import ModuleType
 
 import pytest
 
-from lanchat.lab import Lab
 from tests.e2e_helpers import AgentProcess, python_argv
+from tests.lab import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench"

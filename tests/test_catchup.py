@@ -24,10 +24,10 @@ import pytest
 from lanchat import codec, history
 from lanchat import core as core_module
 from lanchat import events as ev
-from lanchat.chat import _INFO_STYLE, event_fragments, format_event
 from lanchat.core import RECALL_KEEP, RECALL_KEEP_LINES, RECALL_TRIES, RECALL_WAIT
 from lanchat.errors import ConfigError
 from lanchat.history import HistoryStore, print_history
+from lanchat.render import _INFO_STYLE, event_fragments, format_event
 from lanchat.testing import FakeNode
 from tests.loopback_helpers import LANCHAT
 from tests.test_core import Lan, pid

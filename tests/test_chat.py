@@ -1,4 +1,4 @@
-"""Tests for lanchat.chat: the pure parser, formatter and sanitizer; sessions on loopback."""
+"""Tests for lanchat.chat: the chat session, on loopback and on an injected clock."""
 
 from __future__ import annotations
 
@@ -12,363 +12,17 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pexpect
 import pytest
 
 from lanchat import events as ev
-from lanchat.chat import (
-    COMMANDS,
-    Away,
-    Back,
-    Command,
-    Help,
-    Invalid,
-    Join,
-    Leave,
-    Msg,
-    Nick,
-    Notice,
-    Peers,
-    Quit,
-    Rooms,
-    Say,
-    SentDirect,
-    completions,
-    event_fragments,
-    format_event,
-    format_peers,
-    format_rooms,
-    help_lines,
-    nick_style,
-    parse_line,
-    read_lines,
-    run_join,
-    sanitize,
-)
+from lanchat.chat import Clock, _Session, loop_clock, read_lines, run_join
+from lanchat.render import plain
 from tests.loopback_helpers import node, until
-
-NOW = datetime(2024, 5, 6, 12, 34, 56)
-BOB_ID = "b0b0b0b0b0b0b0b0"
-ALICE_ID = "a1a1a1a1a1a1a1a1"
-
-
-def peer(nick: str = "bob", **changes: Any) -> ev.PeerInfo:
-    fields: dict[str, Any] = {
-        "peer_id": BOB_ID,
-        "instance": 1,
-        "nick": nick,
-        "host": "bobhost",
-        "address": "192.0.2.7",
-        "port": 40000,
-        "addresses": ("192.0.2.7",),
-        "rooms": ("lobby", "dev"),
-        "status": "online",
-        "status_text": "",
-        "state": "alive",
-        "last_heard": 100.0,
-        "heartbeat_interval": 1.0,
-    }
-    fields.update(changes)
-    return ev.PeerInfo(**fields)
-
-
-# ---------------------------------------------------------------- parse_line
-
-
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        ("", None),
-        ("   \t ", None),
-        ("\n", None),
-        ("hello world", Say("hello world")),
-        ("  indented stays  ", Say("  indented stays  ")),
-        ("hello\r\n", Say("hello")),
-        ("//not a command", Say("/not a command")),
-        ("/help", Help()),
-        ("/HELP me", Help()),
-        ("/nick robert", Nick("robert")),
-        ("/nick", Invalid("usage: /nick NEW (one word, no spaces)")),
-        ("/nick two words", Invalid("usage: /nick NEW (one word, no spaces)")),
-        ("/msg alice hi there  you", Msg("alice", "hi there  you")),
-        ("/msg   a1b2   spaced", Msg("a1b2", "spaced")),
-        ("/msg alice", Invalid("usage: /msg PEER TEXT")),
-        ("/msg", Invalid("usage: /msg PEER TEXT")),
-        ("/notice fire drill at 3", Notice("fire drill at 3")),
-        ("/notice   ", Invalid("usage: /notice TEXT")),
-        ("/peers", Peers()),
-        ("/peers now", Invalid("usage: /peers (no arguments)")),
-        ("/join dev", Join("dev")),
-        ("/join #dev", Join("#dev")),
-        ("/join", Invalid("usage: /join ROOM")),
-        ("/join a b", Invalid("usage: /join ROOM")),
-        ("/leave", Leave(None)),
-        ("/leave dev", Leave("dev")),
-        ("/leave a b", Invalid("usage: /leave [ROOM]")),
-        ("/rooms", Rooms()),
-        ("/rooms x", Invalid("usage: /rooms (no arguments)")),
-        ("/away", Away("")),
-        ("/away gone to lunch", Away("gone to lunch")),
-        ("/back", Back()),
-        ("/back x", Invalid("usage: /back (no arguments)")),
-        ("/quit", Quit()),
-        ("/exit", Quit()),
-        ("/quit now", Invalid("usage: /quit")),
-        ("/", Invalid("empty command; try /help")),
-        ("/ nick", Invalid("empty command; try /help")),
-        ("/frobnicate x", Invalid("unknown command /frobnicate; try /help")),
-    ],
-)
-def test_parse_line(line: str, expected: Command | None) -> None:
-    assert parse_line(line) == expected
-
-
-def test_every_command_is_in_help_and_known_to_the_parser() -> None:
-    text = "\n".join(help_lines())
-    for command in COMMANDS:
-        assert f"  {command}" in text
-        for line in (command, f"{command} x y"):
-            parsed = parse_line(line)
-            assert parsed is not None
-            assert not (isinstance(parsed, Invalid) and "unknown" in parsed.reason), line
-
-
-# ------------------------------------------------------------------ sanitize
-
-
-@pytest.mark.parametrize(
-    ("raw", "clean"),
-    [
-        ("plain text", "plain text"),
-        ("\x1b[31mred\x1b[0m", "red"),
-        ("\x1b[2J\x1b[Hwiped", "wiped"),
-        ("up\x1b[1Aover", "upover"),
-        ("\x1b]0;new title\x07after", "after"),
-        ("\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\", "link"),
-        ("\x1bPdevice\x1b\\x", "x"),
-        ("lone \x1b", "lone "),
-        ("\x1b7saved\x1b8", "saved"),
-        ("\x1b(0graphics", "graphics"),
-        ("\x9b31mc1\x9b0m", "c1"),
-        ("bell\x07", "bell"),
-        ("ok\rEVIL", "ok EVIL"),
-        ("two\nlines\ttab", "two lines tab"),
-        ("nul\x00del\x7f", "nuldel"),
-        ("\u202eevil\u202c", "evil"),
-        ("ünïcödé 日本語 🎉 👩\u200d💻", "ünïcödé 日本語 🎉 👩\u200d💻"),
-        ("\udcff", "\ufffd"),
-    ],
-)
-def test_sanitize(raw: str, clean: str) -> None:
-    assert sanitize(raw) == clean
-
-
-def test_sanitize_leaves_no_control_characters() -> None:
-    nasty = "".join(chr(c) for c in range(0x00, 0xA0)) + "\x1b[1;31m" + "é"
-    out = sanitize(nasty)
-    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in out)
-    assert out.endswith("é") and "\x1b" not in out
-
-
-def test_nick_style_is_stable_and_spreads() -> None:
-    assert nick_style("alice") == nick_style("alice")
-    assert len({nick_style(f"user{i}") for i in range(50)}) > 5
-    # A CRC, not the per-process salted hash(): pinned for one name.
-    assert nick_style("alice") == nick_style(str("ali" + "ce"))
-
-
-# -------------------------------------------------------------- format_event
-
-P = peer()
-
-
-@pytest.mark.parametrize(
-    ("event", "line"),
-    [
-        (ev.ChatReceived(BOB_ID, "bob", "lobby", "hi all", 3), "12:34:56 [#lobby] <bob> hi all"),
-        (ev.DirectReceived(BOB_ID, "bob", "psst", 1), "12:34:56 [dm] <bob> psst"),
-        (
-            ev.NoticeReceived(BOB_ID, "bob", "fire drill", 2),
-            "12:34:56 *** NOTICE from bob: fire drill ***",
-        ),
-        (ev.PeerJoined(P), "12:34:56 --> bob joined (b0b0b0b0 on bobhost, in #lobby #dev)"),
-        (
-            ev.PeerJoined(peer(rooms=())),
-            "12:34:56 --> bob joined (b0b0b0b0 on bobhost, in no rooms)",
-        ),
-        (ev.PeerLeft(P, "bye"), "12:34:56 <-- bob left"),
-        (ev.PeerLeft(P, "timeout"), "12:34:56 <-- bob timed out"),
-        (ev.PeerRestarted(P), "12:34:56 --- bob restarted"),
-        (ev.PeerRenamed(peer("robert"), "bob"), "12:34:56 --- bob is now robert"),
-        (
-            ev.PeerStatusChanged(peer(status="away", status_text="lunch")),
-            "12:34:56 --- bob is away: lunch",
-        ),
-        (ev.PeerStatusChanged(peer(status="away")), "12:34:56 --- bob is away"),
-        (ev.PeerStatusChanged(P), "12:34:56 --- bob is back"),
-        (ev.PeerUnreachable(P), "12:34:56 --- bob is unreachable"),
-        (ev.PeerReachable(P), "12:34:56 --- bob is reachable again"),
-        (ev.PeerJoinedRoom(P, "dev"), "12:34:56 --> bob joined #dev"),
-        (ev.PeerLeftRoom(P, "dev"), "12:34:56 <-- bob left #dev"),
-        (ev.DirectDelivered(7, BOB_ID, 1), "12:34:56 [dm -> b0b0b0b0] delivered"),
-        (
-            ev.DirectFailed(7, BOB_ID, 6, peer_alive=False),
-            "12:34:56 [dm -> b0b0b0b0] failed (no answer after 6 attempts)",
-        ),
-        (
-            ev.DirectFailed(7, BOB_ID, 6, peer_alive=True),
-            "12:34:56 [dm -> b0b0b0b0] unconfirmed (peer was alive; acknowledgements lost)",
-        ),
-        (ev.NoticeAcknowledged(2, BOB_ID), "12:34:56 --- your notice was seen by b0b0b0b0"),
-        (
-            ev.ChatReceived(BOB_ID, "bob", "lobby", "hi", 3, late=True),
-            "12:34:56 [#lobby] <bob> hi (late: repaired after loss)",
-        ),
-        (
-            ev.NoticeReceived(BOB_ID, "bob", "drill", 4, late=True),
-            "12:34:56 *** NOTICE from bob: drill *** (late)",
-        ),
-        (
-            ev.MessagesLost(BOB_ID, "bob", 2, 5, 6),
-            "12:34:56 !!! 2 messages from bob could not be repaired and were lost",
-        ),
-    ],
-)
-def test_format_event(event: ev.Event, line: str) -> None:
-    assert format_event(event, NOW) == line
-
-
-def test_format_event_names_direct_outcomes_and_acks() -> None:
-    sent = {7: SentDirect("bob", "the report is ready, please have a look when you can")}
-    nicks = {BOB_ID: "bobby"}
-    delivered = format_event(ev.DirectDelivered(7, BOB_ID, 2), NOW, sent=sent, nicks=nicks)
-    assert delivered == "12:34:56 [dm -> bob] delivered: the report is ready, please have a look…"
-    failed = format_event(ev.DirectFailed(7, BOB_ID, 6, False), NOW, sent=sent)
-    assert failed.startswith("12:34:56 [dm -> bob] failed (no answer after 6 attempts): the ")
-    other = format_event(ev.DirectDelivered(8, BOB_ID, 1), NOW, sent=sent, nicks=nicks)
-    assert other == "12:34:56 [dm -> bobby] delivered"
-    ack = format_event(ev.NoticeAcknowledged(1, BOB_ID), NOW, nicks=nicks)
-    assert ack == "12:34:56 --- your notice was seen by bobby"
-
-
-def test_format_event_sanitizes_every_remote_string() -> None:
-    evil = "\x1b[2J\x1b]0;t\x07"
-    bad = peer(
-        nick=f"b{evil}ob",
-        host=f"h{evil}\r",
-        rooms=(f"r{evil}",),
-        status="away",
-        status_text="x\x1b[31m",
-    )
-    events: list[ev.Event] = [
-        ev.ChatReceived(BOB_ID, f"b{evil}ob", f"r{evil}", f"t{evil}\r\n", 1),
-        ev.DirectReceived(BOB_ID, f"b{evil}ob", f"t{evil}", 1),
-        ev.NoticeReceived(BOB_ID, f"b{evil}ob", f"t{evil}", 1),
-        ev.PeerJoined(bad),
-        ev.PeerLeft(bad, f"odd{evil}"),
-        ev.PeerRenamed(bad, f"o{evil}ld"),
-        ev.PeerStatusChanged(bad),
-        ev.PeerJoinedRoom(bad, f"r{evil}"),
-        ev.PeerLeftRoom(bad, f"r{evil}"),
-        ev.DirectDelivered(1, BOB_ID, 1),
-    ]
-    for event in events:
-        for _, text in event_fragments(event, NOW, sent={1: SentDirect(bad.nick, evil)}):
-            assert "\x1b" not in text and "\x07" not in text and "\r" not in text, event
-            assert "\n" not in text, event
-    assert format_event(events[0], NOW) == "12:34:56 [#r] <bob> t  "
-    assert format_event(ev.PeerLeft(bad, f"odd{evil}"), NOW) == "12:34:56 <-- bob left (odd)"
-
-
-def test_event_fragments_colour_the_nick() -> None:
-    fragments = event_fragments(ev.ChatReceived(BOB_ID, "bob", "lobby", "hi", 1), NOW)
-    assert (nick_style("bob"), "<bob>") in fragments
-    notice = event_fragments(ev.NoticeReceived(BOB_ID, "bob", "x", 1), NOW)
-    assert any("reverse" in style for style, _ in notice)
-
-
-# ------------------------------------------------------- tables, completion
-
-
-def test_format_peers_table() -> None:
-    carol = peer(
-        "carol",
-        peer_id="c0c0c0c0c0c0c0c0",
-        host="日本",
-        rooms=(),
-        status="away",
-        status_text="lunch",
-        state="unreachable",
-        last_heard=97.5,
-    )
-    lines = format_peers([peer(), carol], now=101.25)
-    assert lines[0].split() == [
-        "NICK",
-        "ID",
-        "HOST",
-        "ADDRESS",
-        "ROOMS",
-        "STATUS",
-        "STATE",
-        "HEARD",
-    ]
-    assert lines[1].split() == [
-        "bob",
-        "b0b0b0b0",
-        "bobhost",
-        "192.0.2.7:40000",
-        "#lobby",
-        "#dev",
-        "online",
-        "alive",
-        "1.2s",
-        "ago",
-    ]
-    assert "away: lunch" in lines[2] and "unreachable" in lines[2] and "3.8s ago" in lines[2]
-    # Columns line up (the wide host counts as two cells per character).
-    assert lines[1].index("192.0.2.7") == lines[2].index("192.0.2.7") + len("日本")
-    assert format_peers([], now=0.0) == ["no peers yet"]
-
-
-def test_format_rooms() -> None:
-    carol = peer("carol", peer_id="c0c0c0c0c0c0c0c0", rooms=("lobby", "games"))
-    lines = format_rooms(("lobby", "dev", "empty"), "dev", [peer(), carol])
-    assert lines == [
-        "  #lobby: bob, carol",
-        "* #dev: bob",
-        "  #empty: (nobody else)",
-        "  #games (not joined): carol",
-    ]
-    assert format_rooms((), None, []) == ["you are in no room; /join ROOM"]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("/", [f"{c} " for c in COMMANDS]),
-        ("/n", ["/nick ", "/notice "]),
-        ("/MS", ["/msg "]),
-        ("/msg ", ["bob ", "bobby ", "carol "]),
-        ("/msg bo", ["bob ", "bobby "]),
-        ("/msg CA", ["carol "]),
-        ("/msg bob hello c", ["carol"]),
-        ("/join ", ["dev", "lobby"]),
-        ("/join #d", ["#dev"]),
-        ("/leave l", ["lobby"]),
-        ("/join dev x", []),
-        ("/nick b", []),
-        ("hi ca", ["carol"]),
-        ("hi ", []),
-        ("", []),
-    ],
-)
-def test_completions(text: str, expected: list[str]) -> None:
-    assert completions(text, ["carol", "bob", "bobby", "bob"], ["lobby", "dev"]) == expected
-
+from tests.test_render import peer
 
 # ---------------------------------------------------------------- read_lines
 
@@ -666,102 +320,6 @@ def test_interactive_prompt_keeps_typed_line_intact(lo_port: int, tmp_path: Path
     assert [e.peer.nick for e in got if isinstance(e, ev.PeerRenamed)] == ["al"]
 
 
-# ------------------------------------------------ /who, /random, the screen
-
-from lanchat.chat import Random, Who, direct_fragments, format_who, plain  # noqa: E402
-
-
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        ("/who", Who(None)),
-        ("/who #dev", Who("#dev")),
-        ("/who a b", Invalid("usage: /who [ROOM]")),
-        ("/random", Random()),
-        ("/RANDOM", Random()),
-        ("/random bob", Invalid("usage: /random (no arguments)")),
-    ],
-)
-def test_parse_who_and_random(line: str, expected: Command) -> None:
-    assert parse_line(line) == expected
-
-
-def test_completions_of_who_and_random() -> None:
-    assert completions("/w", [], []) == ["/who "]
-    assert completions("/ra", [], []) == ["/random "]
-    assert completions("/who l", ["bob"], ["lobby", "dev"]) == ["lobby"]
-    assert completions("/random b", ["bob"], ["lobby"]) == []
-
-
-def test_format_who() -> None:
-    me = peer("alice", peer_id=ALICE_ID, rooms=("lobby",))
-    carol = peer(
-        "carol",
-        peer_id="c0c0c0c0c0c0c0c0",
-        rooms=("lobby",),
-        status="away",
-        status_text="lunch",
-        last_heard=98.75,
-    )
-    dave = peer("dave", peer_id="d0d0d0d0d0d0d0d0", rooms=("dev",))
-    ghost = peer("gh\x1b[2Jost", peer_id="e0e0e0e0e0e0e0e0", rooms=("lobby",), state="unreachable")
-    lines = format_who("lobby", [peer(), carol, dave, ghost], 100.5, me)
-    assert lines == [
-        "#lobby: 4 people",
-        "  NICK   STATUS                HEARD",
-        "  alice  online                (you)",
-        "  bob    online                0.5s ago",
-        "  carol  away: lunch           1.8s ago",
-        "  ghost  online (unreachable)  0.5s ago",
-    ]
-    assert format_who("dev", [peer(), dave], 100.0) == [
-        "#dev: 2 people",
-        "  NICK  STATUS  HEARD",
-        "  bob   online  0.0s ago",
-        "  dave  online  0.0s ago",
-    ]
-    assert format_who("empty", [peer()], 100.0) == ["#empty: 0 people (nobody here)"]
-
-
-@pytest.mark.parametrize(
-    ("event", "line"),
-    [
-        (ev.PairSought(peer()), "12:34:56 --- bob is looking for a partner: /random to pair"),
-        (
-            ev.Paired(peer()),
-            "12:34:56 *** paired with bob (bobhost): what you type goes to them only;"
-            " /leave ends it",
-        ),
-        (ev.PairEnded(peer(), "you left"), "12:34:56 --- you left the conversation with bob"),
-        (ev.PairEnded(peer(), "partner left"), "12:34:56 --- bob left the conversation"),
-        (
-            ev.PairEnded(peer(), "partner gone"),
-            "12:34:56 --- bob is gone; the conversation is over",
-        ),
-        (
-            ev.PairEnded(peer(), "unconfirmed"),
-            "12:34:56 --- pairing with bob was not confirmed (datagrams lost); still looking",
-        ),
-        (
-            ev.PairSearchExpired(300.0),
-            "12:34:56 --- nobody paired with you in 300s; /random to try again",
-        ),
-    ],
-)
-def test_format_pair_events(event: ev.Event, line: str) -> None:
-    assert format_event(event, NOW) == line
-
-
-def test_direct_fragments_show_each_state() -> None:
-    sent = SentDirect("bob", "psst\x1b[2J", "12:00:01")
-    assert plain(direct_fragments(sent, "sent")) == "12:00:01 [dm -> bob] psst (sent)"
-    delivered = direct_fragments(sent, "delivered")
-    assert plain(delivered) == "12:00:01 [dm -> bob] psst (delivered)"
-    assert delivered[-1][0] == "ansigreen"
-    failed = direct_fragments(sent, "failed", ": no answer after 6 attempts")
-    assert plain(failed).endswith("(failed: no answer after 6 attempts)")
-
-
 @pytest.mark.loopback
 def test_session_random_pairing_and_who(lo_port: int) -> None:
     """Two sessions type /random: they pair, talk privately, /who lists the room, /leave ends it."""
@@ -826,9 +384,27 @@ class _QuietNode:
 
     rooms = ("lobby",)
     history = None
+    nick = "alice"
+    partner = None
+    pair_state = "idle"
 
     def peers(self) -> list[ev.PeerInfo]:
         return []
+
+
+def quiet_session(out: io.StringIO, clock: Clock) -> _Session:
+    """A non-interactive session printing into `out`, on a node that only has events."""
+    return _Session(
+        _QuietNode(),  # type: ignore[arg-type]
+        "lobby",
+        out=out,
+        interactive=False,
+        colour=False,
+        clock=clock,
+    )
+
+
+P = peer()
 
 
 def test_a_peer_unreachable_for_a_moment_is_not_shown_one_that_stays_is(
@@ -840,13 +416,7 @@ def test_a_peer_unreachable_for_a_moment_is_not_shown_one_that_stays_is(
     out = io.StringIO()
 
     async def main() -> None:
-        session = chat_module._Session(
-            _QuietNode(),  # type: ignore[arg-type]
-            "lobby",
-            out=out,
-            interactive=False,
-            colour=False,
-        )
+        session = quiet_session(out, loop_clock())
         session.on_event(ev.PeerUnreachable(P))  # a flap: back within the hold
         session.on_event(ev.PeerReachable(P))
         await asyncio.sleep(0.1)
@@ -865,4 +435,39 @@ def test_a_peer_unreachable_for_a_moment_is_not_shown_one_that_stays_is(
         "--- bob is unreachable",
         "--- bob is reachable again",
         "<-- bob timed out",
+    ]
+
+
+# ------------------------------------------------------------ an injected clock
+
+
+class _StepClock:
+    """Time that moves only when a test moves it: monotonic seconds and the wall clock."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def wall(self) -> datetime:
+        return datetime(2024, 5, 6, 12, 0, 0) + timedelta(seconds=self.seconds - 1000.0)
+
+
+def test_session_reads_the_time_from_its_clock() -> None:
+    """A pinned notice expires and lines are stamped by the injected clock, not the real one."""
+    steps = _StepClock()
+    out = io.StringIO()
+    session = quiet_session(out, Clock(steps.monotonic, steps.wall))
+    session.on_event(ev.NoticeReceived(P.peer_id, "bob", "fire drill", 1))
+    pinned = "*** NOTICE from bob: fire drill ***"
+    assert pinned in plain(session.prompt_fragments(80))
+    steps.seconds += 599.0  # a notice stays pinned 600 s
+    assert pinned in plain(session.prompt_fragments(80))
+    steps.seconds += 2.0
+    assert plain(session.prompt_fragments(80)) == "[#lobby] alice> "
+    session.info("still here")
+    assert out.getvalue().splitlines() == [
+        f"12:00:00 {pinned}",
+        "12:10:01 --- still here",
     ]

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from lanchat.config import DEFAULT_GROUP, DEFAULT_PORT
-from lanchat.lab import Host, Lab
 from tests.e2e_helpers import LanchatNet, nick_of
+from tests.lab import Host, Lab
 
 pytestmark = pytest.mark.netns
 

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from lanchat import config as cfg
-from lanchat.lab import Host, Lab
 from tests.e2e_helpers import (
     Event,
     LanchatNet,
@@ -29,6 +28,7 @@ from tests.e2e_helpers import (
     wait_knows,
     wait_mesh,
 )
+from tests.lab import Host, Lab
 
 pytest_plugins = ["tests.lab_fixtures"]
 pytestmark = pytest.mark.netns

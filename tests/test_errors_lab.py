@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lanchat.lab import Lab
+from tests.lab import Lab
 
 pytestmark = pytest.mark.netns
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from lanchat import config as cfg
-from lanchat.lab import Host, Lab
 from tests.e2e_helpers import LanchatNet, wait_mesh
+from tests.lab import Host, Lab
 
 pytest_plugins = ["tests.lab_fixtures"]
 pytestmark = pytest.mark.netns

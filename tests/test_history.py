@@ -26,9 +26,10 @@ import pytest
 
 from lanchat import events as ev
 from lanchat import history
-from lanchat.chat import entry_fragments, plain, run_join
+from lanchat.chat import run_join
 from lanchat.errors import ClosedError, ConfigError
 from lanchat.history import Entry, HistoryStore, SinceType, parse_since, print_history
+from lanchat.render import entry_fragments, plain
 from tests.loopback_helpers import node, until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,10 +23,10 @@ from click.testing import CliRunner
 from lanchat import codec, netif
 from lanchat import config as cfg
 from lanchat import events as ev
-from lanchat.chat import format_event
 from lanchat.cli import cli
 from lanchat.core import Identity, NodeCore
 from lanchat.netif import InterfaceAddress, InterfaceInfo, IPv4Net, choose_interfaces, diff
+from lanchat.render import format_event
 from lanchat.testing import FakeLan
 from tests.loopback_helpers import node, until
 

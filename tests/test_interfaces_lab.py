@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from lanchat import config as cfg
-from lanchat.lab import Lab
 from lanchat.node import INTERFACE_POLL_INTERVAL
 from tests.e2e_helpers import Event, LanchatNet, Listener, wait_knows, wait_mesh
+from tests.lab import Lab
 
 pytestmark = pytest.mark.netns
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from lanchat.lab import Host, Lab
 from tests.e2e_helpers import Event, LanchatNet, Listener, nick_of, wait_knows, wait_mesh
+from tests.lab import Host, Lab
 
 pytestmark = pytest.mark.netns
 

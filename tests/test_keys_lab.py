@@ -25,8 +25,8 @@ from typing import IO, Any
 import pytest
 
 from lanchat.config import DEFAULT_GROUP
-from lanchat.lab import Host, Lab
 from lanchat.seal import read_key_file
+from tests.lab import Host, Lab
 
 pytestmark = pytest.mark.netns
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from lanchat.lab import Host, Lab, list_namespaces
+from tests.lab import Host, Lab, list_namespaces
 
 pytest_plugins = ["tests.lab_fixtures"]
 pytestmark = pytest.mark.netns

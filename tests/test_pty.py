@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lanchat.lab import Host, Lab
+from tests.lab import Host, Lab
 
 pytestmark = pytest.mark.netns
 

@@ -26,7 +26,7 @@ SCRIPTS = [
     [
         ["ruff", "check", "lanchat", "tests", *SCRIPTS],
         ["ruff", "format", "--check", "lanchat", "tests", *SCRIPTS],
-        ["mypy", "lanchat"],
+        ["mypy", "lanchat", "tests/lab.py"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lanchat.lab import Lab
+from tests.lab import Lab
 from tests.script_loader import load_script
 
 pytest_plugins = ["tests.lab_fixtures"]

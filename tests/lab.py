@@ -16,7 +16,8 @@ off so link-local addresses are usable at once) and ``ipv4=False`` (no IPv4 addr
 
 Names: an automatic prefix ``ll<pid>x<n>`` encodes the creating PID, so a later lab can delete
 namespaces a crashed one left behind (`clean_stale`). Needs root, iproute2 and, for loss and
-partitions, nftables. ``python -m lanchat.lab --help`` keeps a lab up across shell commands.
+partitions, nftables. ``scripts/lan-lab --help`` (``python -m tests.lab`` from the repository root)
+keeps a lab up across shell commands. Test and try-it tooling: not part of the installed package.
 
     LabError    a lab command failed, or the lab was misused
 """
@@ -782,7 +783,7 @@ def _cli_down(prefix: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lanchat.lab``: a lab that stays up across shell commands."""
+    """``python -m tests.lab``: a lab that stays up across shell commands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--prefix", default=_PERSISTENT_PREFIX, help="namespace name prefix (default: %(default)s)"
