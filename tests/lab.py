@@ -99,6 +99,10 @@ class LabError(Exception):
     """A lab command failed, or the lab was misused."""
 
 
+class LabUnsupported(LabError):
+    """This machine lacks a kernel feature or tool the lab needs (nftables, IPv6)."""
+
+
 def _tool(name: str) -> str:
     """The absolute path of a system tool, also searching sbin (not on every user's PATH)."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
@@ -174,11 +178,41 @@ def _devices(netns: str) -> list[str]:
     return [str(link["ifname"]) for link in links if link["ifname"] != "lo"]
 
 
+_nft_verdict: dict[str, str | None] = {}  # the probe's answer, asked once per process
+
+
+def nft_problem(netns: str) -> str | None:
+    """Why netdev nftables rules (loss, partitions) cannot work here, or None if they can.
+
+    Probed once, in ``netns`` (never in the root namespace), then remembered.
+    """
+    if "nft" not in _nft_verdict:
+        _nft_verdict["nft"] = _probe_nft(netns)
+    return _nft_verdict["nft"]
+
+
+def _probe_nft(netns: str) -> str | None:
+    try:
+        nft = _tool("nft")
+    except LabError as exc:
+        return str(exc)
+    probe = f"table netdev {_LOSS_TABLE}_probe\ndelete table netdev {_LOSS_TABLE}_probe\n"
+    try:
+        _command(_in_netns(netns, [nft, "-f", "-"]), stdin=probe)
+    except LabError as exc:
+        return f"this kernel cannot run netdev nftables rules ({exc})"
+    return None
+
+
 def _replace_nft_table(netns: str, table: str, chains: Mapping[str, str]) -> None:
     """Atomically replace netdev ``table`` with a chain per hook in ``chains`` on all devices.
 
-    Empty ``chains`` (or no devices) just deletes the table.
+    Empty ``chains`` (or no devices) just deletes the table. LabUnsupported if this
+    machine has no usable nftables (a missing kernel feature, not a lab failure).
     """
+    problem = nft_problem(netns)
+    if problem is not None:
+        raise LabUnsupported(f"loss and partitions need nftables: {problem}")
     devices = _devices(netns)
     lines = [f"table netdev {table}", f"delete table netdev {table}"]
     if chains and devices:
@@ -686,7 +720,7 @@ def _set_ipv6(netns: str, on: bool) -> None:
     sysctl = "/proc/sys/net/ipv6/conf"
     if not os.path.exists(sysctl):
         if on:
-            raise LabError("this kernel has no IPv6")
+            raise LabUnsupported("this kernel has no IPv6 (no /proc/sys/net/ipv6)")
         return
     values = {"disable_ipv6": "0", "accept_dad": "0"} if on else {"disable_ipv6": "1"}
     script = "; ".join(
