@@ -225,7 +225,7 @@ def test_an_hour_of_flood_from_many_ids_evicts_what_the_docstring_says(
     flood(store, forged_ids(500), FLOOD_LINES, start, FLOOD_LINES / 3600)
     assert survivors(store, "own ") == 900 and survivors(store, "dm ") == 100
     in_an_hour = 4_200  # the module docstring's figure, from the quotas:
-    assert history.QUOTA_REMOTE_BURST + history.QUOTA_REMOTE_RATE * 60 == in_an_hour
+    assert in_an_hour == history.QUOTA_REMOTE_BURST + history.QUOTA_REMOTE_RATE * 60
     step = history.MAX_ROWS // 10  # pruning goes in steps, down to PRUNE_TO (90%)
     lost = 8_000 - survivors(store, "old ")
     assert 0 < lost <= in_an_hour - 1_000 + step
