@@ -15,10 +15,10 @@ lose the last commits, and never corrupts the file. FULL would add an fsync per
 message (milliseconds on an SSD, more on a disk) to guard against power loss
 only: not worth it for chat.
 
-Schema (`PRAGMA user_version` 2), one table:
+Schema (`PRAGMA user_version` 3), one table and its tally:
 
     messages(
-      id        INTEGER PRIMARY KEY  -- commit order; pruning deletes the lowest first
+      id        INTEGER PRIMARY KEY  -- commit order; pruning deletes the lowest of a tier first
       time      REAL NOT NULL        -- wall clock when recorded, Unix seconds
       kind      TEXT NOT NULL        -- chat | notice | direct | lost
       direction TEXT NOT NULL        -- in | out
@@ -26,25 +26,61 @@ Schema (`PRAGMA user_version` 2), one table:
       peer_id   TEXT NOT NULL        -- sender (in), recipient (out direct), this node (out)
       nick      TEXT NOT NULL        -- that peer's nickname then
       text      TEXT NOT NULL        -- exactly as sent or received ('' for lost)
-      seq       INTEGER              -- chat and notice seq, direct message id
-      instance  INTEGER              -- chat: the sender's instance; out direct: this node's
+      seq       INTEGER              -- chat and notice seq, direct message id (u64, see below)
+      instance  INTEGER              -- chat: the sender's instance; out direct: this node's (u64)
       state     TEXT                 -- out direct: sent, then delivered | unconfirmed | failed
       late      INTEGER NOT NULL     -- 1: arrived after a later message of its sender
       extra     TEXT                 -- JSON: other event fields (lost: count, first_seq, last_seq;
                                      --   recalled chat: {"recalled": true})
+      tier      INTEGER NOT NULL     -- 0 own: sent, or a direct message received within quota;
+                                     -- 1 room: other peers' lines within quota; 2 flood: past it
     )
-    indexes: room; time; (instance, seq) of sent direct messages; unique
-    (peer_id, instance, seq) of chat, so a line stored twice (recalled after it
-    was stored live, or by two processes of one user) is kept once
+    tally(tier INTEGER PRIMARY KEY, rows INTEGER NOT NULL)  -- rows per tier, kept by triggers
+    indexes: room; time; tier (so by tier, then id); (instance, seq) of sent direct
+    messages; unique (peer_id, instance, seq) of chat, so a line stored twice
+    (recalled after it was stored live, or by two processes of one user) is kept once
 
 Recalled chat (lines from before this node joined, `ChatRecalled`) is stored
 with its original time, so rows are read back in time order, not commit order.
 Version 1 files gain the unique index when opened (their chat rows have no
-instance, so nothing collides).
+instance, so nothing collides); version 1 and 2 files gain the tier (0 for
+sent rows and direct messages, 1 for the rest) and the tally.
 
-Size bound: past `MAX_ROWS` rows or `MAX_BYTES` of pages in use, the oldest
-rows are deleted, `PRUNE_BATCH` per transaction, down to `PRUNE_TO` of the
-bound. Freed pages are reused, so the file stops growing near the bound.
+u64 values (seq, instance, direct message id) are stored as SQLite's signed
+64-bit INTEGER in two's complement: 2**63 and above become negative, the rest
+(every value a real node makes) is stored as is. They are read back unsigned,
+equality (the unique index, a direct message's state) works unchanged, and
+`ORDER BY seq < 0, seq` orders them as unsigned numbers. The u64 fields of a
+lost marker live in `extra`, as JSON text.
+
+Quotas. Every received row ("in") takes one line from the buckets of its peer
+id, of its source address when the caller gives one, and of all remote peers
+together (`QUOTA_*`, refilled per minute of monotonic time, kept in this
+process). Within all three it goes to tier 0 (a direct message) or 1; past any
+one it is still stored and shown, in tier 2 (flood). Sent rows take nothing.
+
+Bounds: tier 2 holds at most `QUOTA_FLOOD_SHARE` of MAX_ROWS, its oldest
+deleted first; tiers 0 and 1 together hold at most `MAX_ROWS`, and past it the
+oldest of tier 1 go first, those of tier 0 only while tier 0 holds more than
+`QUOTA_OWN_SHARE` of MAX_ROWS (or tier 1 is empty); past `MAX_BYTES` of pages
+in use, tier 2 goes first, then tiers 1 and 0 as for rows. A bound is pruned,
+`PRUNE_BATCH` rows per transaction, down to `PRUNE_TO` of it. Freed pages are
+reused, so the file stops growing near the bounds.
+
+The guarantee: however fast, and from however many peer ids (invented ones,
+or a known peer's), a flood gets at most QUOTA_REMOTE_BURST + QUOTA_REMOTE_RATE
+a minute of its lines into tiers 0 and 1 (600 + 60 a minute: 660 in its first
+minute, 4,200 in any hour), and only those can push older rows out. So it
+evicts at most 4,200 of other peers' older lines an hour (fewer by as many as
+the store is below MAX_ROWS), and none of the user's own lines or direct
+messages while tier 0 holds under QUOTA_OWN_SHARE of MAX_ROWS; the rest of the
+flood replaces only older flood rows. (Pruning goes in steps: a store at its
+bound loses its oldest 10 % on the next row it keeps, flood or not.) Quotas are
+per process: each lanchat process of the user admits its own. A line of a real
+peer arriving during the flood may land in tier 2 and go with it.
+
+Callers give no source address today (events do not carry it), so one host
+is limited by the ids it uses and by the remote total.
 """
 
 from __future__ import annotations
@@ -85,7 +121,7 @@ __all__ = [
 ]
 
 HISTORY_FILE: Final = "history.sqlite3"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # About a year of a busy team room (~270 lines a day) in ~15 MB; `lanchat history`
 # reads the last 100 in ~1 ms, a filter scanning them all takes ~50 ms.
 MAX_ROWS: Final = 100_000
@@ -111,31 +147,70 @@ _MAX_EXTRA_BYTES: Final = 1000
 # (the stored lines of that minute are listed, so they do not come twice): a
 # line that reached the peers but not this node just before it stopped is recalled.
 RECALL_OVERLAP: Final = 60.0
+# Lines of one remote peer id (or source address) stored within quota a minute:
+# more than anyone types for long; a faster peer's lines go to the flood tier.
+QUOTA_PEER_RATE: Final = 30.0
+# ... at once: a pasted screenful, or a catch-up of that peer's lines in a few rooms.
+QUOTA_PEER_BURST: Final = 300.0
+# Lines of all remote peers together stored within quota a minute: ~300x a busy
+# team room (~270 lines a day); it bounds what a flood from many ids can evict.
+QUOTA_REMOTE_RATE: Final = 60.0
+# ... at once: the catch-up of a dozen rooms (RECALL_KEEP_LINES each) on join.
+QUOTA_REMOTE_BURST: Final = 600.0
+# Flood-tier rows kept, as a share of MAX_ROWS: the newest of a flood stays readable
+# (what was shown is on disk) without ever taking the place of other rows.
+QUOTA_FLOOD_SHARE: Final = 0.1
+# Own rows (tier 0) are pruned before other peers' lines only past this share of
+# MAX_ROWS, so a year of other peers' lines cannot push out what the user wrote.
+QUOTA_OWN_SHARE: Final = 0.5
+# Peer ids and source addresses with a quota bucket (~150 bytes each); the least
+# recently heard is forgotten first, and starts again full (the remote total holds).
+_MAX_QUOTA_KEYS: Final = 4096
 
+_OWN: Final = 0
+_ROOM: Final = 1
+_FLOOD: Final = 2
+_U64: Final = 2**64
 _LOST: Final[type | None] = getattr(ev, "MessagesLost", None)
 _KINDS: Final = ("chat", "notice", "direct", "lost")
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    kind TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    room TEXT,
-    peer_id TEXT NOT NULL,
-    nick TEXT NOT NULL,
-    text TEXT NOT NULL,
-    seq INTEGER,
-    instance INTEGER,
-    state TEXT,
-    late INTEGER NOT NULL DEFAULT 0,
-    extra TEXT
-);
-CREATE INDEX IF NOT EXISTS messages_room ON messages (room);
-CREATE INDEX IF NOT EXISTS messages_time ON messages (time);
-CREATE INDEX IF NOT EXISTS messages_sent ON messages (instance, seq) WHERE instance IS NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS messages_chat ON messages (peer_id, instance, seq)
-    WHERE kind = 'chat' AND instance IS NOT NULL;
-"""
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS messages (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        kind TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        room TEXT,
+        peer_id TEXT NOT NULL,
+        nick TEXT NOT NULL,
+        text TEXT NOT NULL,
+        seq INTEGER,
+        instance INTEGER,
+        state TEXT,
+        late INTEGER NOT NULL DEFAULT 0,
+        extra TEXT,
+        tier INTEGER NOT NULL DEFAULT 1
+    )""",
+    "CREATE INDEX IF NOT EXISTS messages_room ON messages (room)",
+    "CREATE INDEX IF NOT EXISTS messages_time ON messages (time)",
+    "CREATE INDEX IF NOT EXISTS messages_sent ON messages (instance, seq)"
+    " WHERE instance IS NOT NULL",
+    "CREATE UNIQUE INDEX IF NOT EXISTS messages_chat ON messages (peer_id, instance, seq)"
+    " WHERE kind = 'chat' AND instance IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS messages_tier ON messages (tier)",  # then id: the rowid
+    "CREATE TABLE IF NOT EXISTS tally (tier INTEGER PRIMARY KEY, rows INTEGER NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS tally_insert AFTER INSERT ON messages"
+    " BEGIN UPDATE tally SET rows = rows + 1 WHERE tier = NEW.tier; END",
+    "CREATE TRIGGER IF NOT EXISTS tally_delete AFTER DELETE ON messages"
+    " BEGIN UPDATE tally SET rows = rows - 1 WHERE tier = OLD.tier; END",
+    "DELETE FROM tally",
+    "INSERT INTO tally SELECT column1, (SELECT count(*) FROM messages WHERE tier = column1)"
+    " FROM (VALUES (0), (1), (2))",
+)
+# A version 1 or 2 table gains its tier before the schema's index on it is made.
+_ADD_TIER: Final = (
+    "ALTER TABLE messages ADD COLUMN tier INTEGER NOT NULL DEFAULT 1",
+    "UPDATE messages SET tier = 0 WHERE direction = 'out' OR kind = 'direct'",
+)
 _COLUMNS: Final = "id, time, kind, direction, room, peer_id, nick, text, seq, state, late, extra"
 
 
@@ -150,6 +225,55 @@ def _clip(text: str, limit: int) -> str:
     A lone surrogate (only a library caller can pass one) becomes "?": SQLite takes UTF-8.
     """
     return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
+
+
+def _signed(value: int | None) -> int | None:
+    """A u64 as SQLite stores it: two's complement signed 64-bit (ValueError if not a u64)."""
+    if value is None:
+        return None
+    if not 0 <= value < _U64:
+        raise ValueError(f"not an unsigned 64-bit value: {value}")
+    return value - _U64 if value >= _U64 // 2 else value
+
+
+def _unsigned(value: int) -> int:
+    """A stored u64 read back."""
+    return value % _U64
+
+
+def _refill(
+    bucket: tuple[float, float] | None, burst: float, per_minute: float, now: float
+) -> float:
+    """The lines a (tokens, stamp) bucket holds at `now` (a new one is full)."""
+    if bucket is None:
+        return burst
+    tokens, stamp = bucket
+    return min(burst, tokens + max(0.0, now - stamp) * per_minute / 60)
+
+
+class _Quotas:
+    """Token buckets of received rows: per peer id, per source address, and in total."""
+
+    def __init__(self) -> None:
+        # (scope, key) -> (tokens, stamp), least recently heard first.
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def admit(self, peer_id: str, source: str | None, now: float) -> bool:
+        """Take a line from each bucket of this row; False, taking none, if one is empty."""
+        buckets = [(("remote", ""), QUOTA_REMOTE_BURST, QUOTA_REMOTE_RATE)]
+        buckets.append((("peer", peer_id), QUOTA_PEER_BURST, QUOTA_PEER_RATE))
+        if source is not None:
+            buckets.append((("source", source), QUOTA_PEER_BURST, QUOTA_PEER_RATE))
+        levels = [
+            _refill(self._buckets.pop(key, None), burst, per_minute, now)
+            for key, burst, per_minute in buckets
+        ]
+        admitted = min(levels) >= 1
+        for (key, _, _), level in zip(buckets, levels, strict=True):
+            self._buckets[key] = (level - admitted, now)
+        while len(self._buckets) > _MAX_QUOTA_KEYS:
+            del self._buckets[next(iter(self._buckets))]
+        return admitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +308,8 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         extra = {}
     id_, when, kind, direction, room, peer_id, nick, text, seq, state, late = row[:11]
     return Entry(
-        id_, when, kind, direction, room, peer_id, nick, text, seq, state, bool(late),
+        id_, when, kind, direction, room, peer_id, nick, text,
+        None if seq is None else _unsigned(seq), state, bool(late),
         extra if isinstance(extra, dict) else {},
     )  # fmt: skip
 
@@ -197,6 +322,8 @@ class HistoryStore:
         self.path = path
         self.errors = 0  # writes (and `recent` reads) that failed: lock held too long, disk full...
         self.last_error: str | None = None
+        self.flooded = 0  # received rows stored past a quota, in the flood tier
+        self._quotas = _Quotas()
         try:
             self._db = self._open(path)
         except (OSError, sqlite3.Error) as exc:
@@ -217,12 +344,28 @@ class HistoryStore:
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"written by a newer lanchat (schema {version})")
             if version < SCHEMA_VERSION:
-                db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT")
+                HistoryStore._migrate(db)
             db.create_function("casefold", 1, _casefold, deterministic=True)
         except BaseException:
             db.close()
             raise
         return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring an older (or new, empty) file to SCHEMA_VERSION, in one transaction."""
+        # IMMEDIATE: another process migrating at once is waited for, then seen to be done.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+                for statement in (_ADD_TIER if columns and "tier" not in columns else ()) + _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the connection (every row is committed already)."""
@@ -260,30 +403,47 @@ class HistoryStore:
         late: bool = False,
         extra: Mapping[str, Any] | None = None,
         when: float | None = None,
+        source: str | None = None,
+        now: float | None = None,
     ) -> bool:
-        """Store one row, committed on return; False if the write failed (see `errors`)."""
+        """Store one row, committed on return; False if the write failed (see `errors`).
+
+        `seq` and `instance` are u64 (ValueError otherwise). A received row counts
+        against the quotas of `peer_id`, of `source` (the address it came from)
+        when given, and of all remote peers, at `now` (monotonic seconds).
+        """
         if kind not in _KINDS or direction not in ("in", "out"):
             raise ValueError(f"bad kind or direction: {kind!r}, {direction!r}")
         extra_json = _clip(json.dumps(dict(extra)), _MAX_EXTRA_BYTES) if extra else None
+        peer_id = _clip(peer_id, 64)
+        tier = _OWN if direction == "out" or kind == "direct" else _ROOM
+        if direction == "in":
+            moment = time.monotonic() if now is None else now
+            source = None if source is None else _clip(source, 64)
+            if not self._quotas.admit(peer_id, source, moment):
+                tier = _FLOOD
+                self.flooded += 1
         row = (
             time.time() if when is None else when,
             kind,
             direction,
             None if room is None else _clip(room, MAX_ROOM_BYTES),
-            _clip(peer_id, 64),
+            peer_id,
             _clip(nick, MAX_NICK_BYTES),
             _clip(text, MAX_TEXT_BYTES),
-            seq,
-            instance,
+            _signed(seq),
+            _signed(instance),
             state,
             int(late),
             extra_json,
+            tier,
         )
         stored = False
         with self._counted():
             self._db.execute(  # OR IGNORE: a chat line already stored (messages_chat) stays once
                 "INSERT OR IGNORE INTO messages (time, kind, direction, room, peer_id, nick, text,"
-                " seq, instance, state, late, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seq, instance, state, late, extra, tier)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             stored = True  # committed: autocommit mode, one statement
@@ -314,35 +474,47 @@ class HistoryStore:
             self._db.execute(
                 "UPDATE messages SET state = ? WHERE kind = 'direct' AND direction = 'out'"
                 " AND instance = ? AND seq = ? AND peer_id = ?",
-                (state, instance, msg_id, peer_id),
+                (state, _signed(instance), _signed(msg_id), peer_id),
             )
             return True
         return False
 
-    def record_event(self, event: ev.Event, *, instance: int) -> bool:
-        """Store what a message event says (others are ignored); `instance` is this node's."""
+    def record_event(
+        self,
+        event: ev.Event,
+        *,
+        instance: int,
+        source: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Store what a message event says (others are ignored); `instance` is this node's.
+
+        `source` and `now` are as for `add`: the address the event came from, if known.
+        """
         match event:
             case ev.ChatReceived():
                 return self.add(
                     "chat", "in", peer_id=event.peer_id, nick=event.nick, text=event.text,
                     room=event.room, seq=event.seq, late=getattr(event, "late", False),
-                    instance=event.instance or None,
+                    instance=event.instance or None, source=source, now=now,
                 )  # fmt: skip
             case ev.ChatRecalled():
                 return self.add(
                     "chat", "in", peer_id=event.peer_id, nick=event.nick, text=event.text,
                     room=event.room, seq=event.seq, instance=event.instance,
                     extra={"recalled": True}, when=time.time() - event.age,
+                    source=source, now=now,
                 )  # fmt: skip
             case ev.NoticeReceived():
                 return self.add(
                     "notice", "in", peer_id=event.peer_id, nick=event.nick, text=event.text,
                     seq=event.seq, late=getattr(event, "late", False),
+                    source=source, now=now,
                 )  # fmt: skip
             case ev.DirectReceived():
                 return self.add(
                     "direct", "in", peer_id=event.peer_id, nick=event.nick, text=event.text,
-                    seq=event.msg_id,
+                    seq=event.msg_id, source=source, now=now,
                 )  # fmt: skip
             case ev.DirectDelivered():
                 return self.set_direct_state(instance, event.msg_id, event.peer_id, "delivered")
@@ -352,19 +524,26 @@ class HistoryStore:
         if _LOST is not None and isinstance(event, _LOST):
             fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
             peer_id, nick = str(fields.pop("peer_id")), str(fields.pop("nick"))
-            return self.add("lost", "in", peer_id=peer_id, nick=nick, extra=fields)
+            return self.add(
+                "lost", "in", peer_id=peer_id, nick=nick, extra=fields, source=source, now=now
+            )
         return False
 
     # ------------------------------------------------------------- pruning
 
     def _prune_if_over(self) -> None:
-        # Both figures are O(1): ids are dense (only the oldest are ever deleted), and
-        # the page counts are in the database header.
-        span = self._db.execute(  # two subqueries: SQLite optimizes a lone min() or max() only
-            "SELECT (SELECT max(id) FROM messages) - (SELECT min(id) FROM messages) + 1"
-        ).fetchone()[0]
-        if (span or 0) > MAX_ROWS or self._bytes_used() > MAX_BYTES:
-            self.prune()
+        # O(1) figures: the tally (kept by triggers) and the page counts of the database header.
+        own, room, flood = self._tally()
+        over_rows = own + room > MAX_ROWS
+        over_flood = flood > int(MAX_ROWS * QUOTA_FLOOD_SHARE)
+        over_bytes = self._bytes_used() > MAX_BYTES
+        if over_rows or over_flood or over_bytes:
+            self._prune(rows=over_rows, flood=over_flood, size=over_bytes)
+
+    def _tally(self) -> tuple[int, int, int]:
+        """Rows in tiers own, room and flood."""
+        counts = dict(self._db.execute("SELECT tier, rows FROM tally").fetchall())
+        return counts.get(_OWN, 0), counts.get(_ROOM, 0), counts.get(_FLOOD, 0)
 
     def _bytes_used(self) -> int:
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
@@ -373,25 +552,42 @@ class HistoryStore:
         return int((pages - free) * size)
 
     def prune(self) -> int:
-        """Delete the oldest rows, in batches, until both bounds are met with margin."""
+        """Delete rows, oldest of a tier first, in batches, until every bound is met with margin."""
+        return self._prune(rows=True, flood=True, size=True)
+
+    def _prune(self, *, rows: bool, flood: bool, size: bool) -> int:
+        """Prune the bounds named (see the module docstring) down to PRUNE_TO; rows deleted."""
         deleted = 0
-        keep_rows = int(MAX_ROWS * PRUNE_TO)
-        keep_bytes = int(MAX_BYTES * PRUNE_TO)
-        while True:
-            rows = self.count()
-            if rows > keep_rows:
-                batch = min(PRUNE_BATCH, rows - keep_rows)
-            elif rows and self._bytes_used() > keep_bytes:
-                batch = min(PRUNE_BATCH, max(1, rows // 10))
-            else:
-                return deleted
+        while (victims := self._victims(rows=rows, flood=flood, size=size)) is not None:
             cursor = self._db.execute(
-                "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
-                (batch,),
+                "DELETE FROM messages WHERE id IN"
+                " (SELECT id FROM messages WHERE tier = ? ORDER BY id LIMIT ?)",
+                victims,
             )
             if cursor.rowcount <= 0:
                 return deleted
             deleted += cursor.rowcount
+        return deleted
+
+    def _victims(self, *, rows: bool, flood: bool, size: bool) -> tuple[int, int] | None:
+        """The next batch to delete, (tier, count), or None when the bounds named are met."""
+        own, room, flooded = self._tally()
+        keep_flood = int(MAX_ROWS * QUOTA_FLOOD_SHARE * PRUNE_TO)
+        keep_rows = int(MAX_ROWS * PRUNE_TO)
+        if flood and flooded > keep_flood:
+            return _FLOOD, min(PRUNE_BATCH, flooded - keep_flood)
+        if rows and own + room > keep_rows:
+            excess = own + room - keep_rows
+        elif size and own + room + flooded and self._bytes_used() > int(MAX_BYTES * PRUNE_TO):
+            if flooded:
+                return _FLOOD, min(PRUNE_BATCH, max(1, flooded // 10))
+            excess = max(1, (own + room) // 10)
+        else:
+            return None
+        own_share = int(MAX_ROWS * QUOTA_OWN_SHARE)
+        if own > own_share:
+            return _OWN, min(PRUNE_BATCH, excess, own - own_share)
+        return (_ROOM, min(PRUNE_BATCH, excess)) if room else (_OWN, min(PRUNE_BATCH, excess))
 
     # ------------------------------------------------------------- reading
 
@@ -433,7 +629,7 @@ class HistoryStore:
         if newest is None:
             return RECALL_KEEP, []
         max_age = min(RECALL_KEEP, max(1.0, now - newest + RECALL_OVERLAP))
-        return max_age, [(str(p), int(i), int(q)) for p, i, q in rows]
+        return max_age, [(str(p), _unsigned(i), _unsigned(q)) for p, i, q in rows]
 
     def query(
         self,

@@ -462,8 +462,12 @@ def test_recall_hint_asks_only_for_what_the_history_lacks(tmp_path: Path) -> Non
 def test_version_1_history_gains_the_unique_index(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     db = sqlite3.connect(path)
-    v1 = history._SCHEMA.split("CREATE UNIQUE INDEX")[0]
-    db.executescript(f"{v1} PRAGMA user_version = 1;")
+    db.executescript(  # the table of version 1, as lanchat wrote it (no unique index)
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL,"
+        " direction TEXT NOT NULL, room TEXT, peer_id TEXT NOT NULL, nick TEXT NOT NULL,"
+        " text TEXT NOT NULL, seq INTEGER, instance INTEGER, state TEXT,"
+        " late INTEGER NOT NULL DEFAULT 0, extra TEXT); PRAGMA user_version = 1;"
+    )
     db.execute("INSERT INTO messages (time, kind, direction, room, peer_id, nick, text, seq)"
                " VALUES (1, 'chat', 'in', 'lobby', 'aa', 'a', 'old row', 1)")  # fmt: skip
     db.commit()
@@ -473,7 +477,8 @@ def test_version_1_history_gains_the_unique_index(tmp_path: Path) -> None:
         store.record_event(line, instance=1)
         store.record_event(line, instance=1)
         assert [r.text for r in store.query()] == ["old row", "t"]
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == history.SCHEMA_VERSION
 
 
 def test_recalled_lines_are_shown_marked_with_their_time() -> None:

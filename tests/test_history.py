@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,8 @@ from typing import Any
 
 import click
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from lanchat import events as ev
 from lanchat import history
@@ -195,6 +198,110 @@ def test_a_failed_write_is_counted_not_raised(
         assert [e.text for e in store.query()] == ["kept"]
 
 
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seq=U64, instance=st.integers(min_value=1, max_value=2**64 - 1), msg_id=U64)
+@example(seq=2**63, instance=2**63, msg_id=2**63)
+@example(seq=2**64 - 1, instance=2**64 - 1, msg_id=2**64 - 1)
+@example(seq=2**63 - 1, instance=1, msg_id=0)
+def test_u64_values_are_stored_and_read_back_exactly(seq: int, instance: int, msg_id: int) -> None:
+    """Every u64 of the wire (seq, instance, msg id, lost range) survives signed SQLite."""
+    with tempfile.TemporaryDirectory() as tmp, HistoryStore(Path(tmp) / "h.sqlite3") as store:
+        chat = ev.ChatReceived(BOB, "bob", "lobby", "hi", seq, instance=instance)
+        assert store.record_event(chat, instance=7) and store.record_event(chat, instance=7)
+        assert store.record_event(ev.DirectReceived(BOB, "bob", "psst", msg_id), instance=7)
+        assert store.add_direct(CAROL, "carol", "sent", msg_id, instance=instance)
+        assert store.record_event(ev.DirectDelivered(msg_id, CAROL, 1), instance=instance)
+        if MessagesLost is not None:
+            store.record_event(MessagesLost(BOB, "bob", 2, seq, msg_id), instance=7)
+        assert store.errors == 0
+        entries = store.query()
+        assert [(e.kind, e.seq) for e in entries[:3]] == [
+            ("chat", seq), ("direct", msg_id), ("direct", msg_id),
+        ], "the same chat line twice is stored once"  # fmt: skip
+        assert entries[2].state == "delivered" and entries[0].to_json()["seq"] == seq
+        if MessagesLost is not None:
+            assert (entries[3].extra["first_seq"], entries[3].extra["last_seq"]) == (seq, msg_id)
+        max_age, have = store.recall_hint("lobby", time.time())
+        assert have == [(BOB, instance, seq)] and 55 < max_age < 65
+        ordered = store._db.execute(
+            "SELECT seq FROM messages WHERE kind = 'direct' OR kind = 'chat'"
+            " ORDER BY seq < 0, seq, id"
+        ).fetchall()
+        assert [history._unsigned(q) for (q,) in ordered] == sorted([seq, msg_id, msg_id])
+
+
+@pytest.mark.parametrize("value", [-1, 2**64, 2**70])
+def test_a_value_outside_u64_is_refused(store: HistoryStore, value: int) -> None:
+    with pytest.raises(ValueError, match="unsigned 64-bit"):
+        store.add("chat", "in", peer_id=BOB, nick="bob", text="x", room="r", seq=value)
+    with pytest.raises(ValueError, match="unsigned 64-bit"):
+        store.add_direct(BOB, "bob", "x", 1, instance=value)
+    assert store.count() == 0
+
+
+# The tables of schema 2 (schema 1: the same without messages_chat), as lanchat wrote them.
+_SCHEMA_2 = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, direction TEXT NOT NULL,
+    room TEXT, peer_id TEXT NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL, seq INTEGER,
+    instance INTEGER, state TEXT, late INTEGER NOT NULL DEFAULT 0, extra TEXT
+);
+CREATE INDEX messages_room ON messages (room);
+CREATE INDEX messages_time ON messages (time);
+CREATE INDEX messages_sent ON messages (instance, seq) WHERE instance IS NOT NULL;
+"""
+_CHAT_INDEX_2 = """
+CREATE UNIQUE INDEX messages_chat ON messages (peer_id, instance, seq)
+    WHERE kind = 'chat' AND instance IS NOT NULL;
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_files_keep_their_rows_and_gain_tiers(store_path: Path, version: int) -> None:
+    store_path.parent.mkdir()
+    db = sqlite3.connect(store_path)
+    db.executescript(_SCHEMA_2 + (_CHAT_INDEX_2 if version == 2 else ""))
+    old_rows = [
+        (T0, "chat", "in", "lobby", BOB, "bob", "hi", 5, 2**62, None, 0, None),
+        (T0 + 1, "chat", "out", "lobby", ALICE, "alice", "hey", 1, 9, None, 0, None),
+        (T0 + 2, "direct", "in", None, BOB, "bob", "psst", 3, None, None, 0, None),
+        (T0 + 3, "direct", "out", None, BOB, "bob", "back", 4, 9, "sent", 0, None),
+        (T0 + 4, "notice", "in", None, CAROL, "carol", "fire", 6, None, None, 1, None),
+        (T0 + 5, "lost", "in", None, CAROL, "carol", "", None, None, None, 0, '{"count": 2}'),
+    ]
+    db.executemany(
+        "INSERT INTO messages (time, kind, direction, room, peer_id, nick, text, seq, instance,"
+        " state, late, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        old_rows,
+    )
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+    with HistoryStore(store_path) as store:
+        entries = store.query()
+        assert [(e.time, e.kind, e.direction, e.text, e.seq, e.state, e.late) for e in entries] == [
+            (r[0], r[1], r[2], r[6], r[7], r[9], bool(r[10])) for r in old_rows
+        ]
+        assert entries[-1].extra == {"count": 2}
+        assert store._tally() == (3, 3, 0), "sent rows and direct messages are tier 0"
+        # The unique index holds (version 1 gains it): the old line again is kept once.
+        assert store.record_event(
+            ev.ChatReceived(BOB, "bob", "lobby", "hi", 5, instance=2**62), instance=9
+        )
+        store.record_event(ev.DirectDelivered(4, BOB, 1), instance=9)
+        assert store.count() == 6 and store.query()[3].state == "delivered"
+    tiers = [tier for (tier,) in rows(store_path, "SELECT tier FROM messages")]
+    assert tiers == [1, 0, 0, 0, 1, 1]
+    db = sqlite3.connect(store_path)
+    assert db.execute("PRAGMA user_version").fetchone() == (history.SCHEMA_VERSION,)
+    db.close()
+    with HistoryStore(store_path) as store:  # opened again: nothing more to do
+        assert store.count() == 6 and store._tally() == (3, 3, 0)
+
+
 # -------------------------------------------------------------------- pruning
 
 
@@ -213,7 +320,12 @@ def test_row_bound_deletes_oldest_first_in_batches(
     pruned = 200 - len(texts)
     assert len(texts) >= 45 and pruned % 6 == 0, "each prune goes from 51 rows to 45"
     deletes = [sql for sql in statements if sql.startswith("DELETE")]
-    assert len(deletes) == 2 * pruned // 6, "6 rows in two batches: 4, then 2"
+    # A trigger's statements (the tally's, one per row deleted) are traced as the
+    # DELETE that fired them: one batch is one run of equal lines.
+    batches = [sql for i, sql in enumerate(deletes) if i == 0 or sql != deletes[i - 1]]
+    assert [sql[-8:] for sql in batches] == ["LIMIT 4)", "LIMIT 2)"] * (pruned // 6), (
+        "6 rows in two batches: 4, then 2"
+    )
 
 
 def test_byte_bound_keeps_the_file_small(
