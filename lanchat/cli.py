@@ -23,7 +23,7 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.codec import check_nick, check_text
 from lanchat.errors import ConfigError, LanchatError
-from lanchat.history import SinceType, default_path, print_history
+from lanchat.history import default_path, parse_since, print_history
 from lanchat.node import Node
 from lanchat.render import format_peers, format_table
 from lanchat.seal import key_from_passphrase, new_key_text, read_key_file
@@ -294,6 +294,22 @@ def _text(words: tuple[str, ...]) -> str:
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+class SinceType(click.ParamType):  # type: ignore[type-arg]
+    """`--since 2h` or `--since 2024-05-06`: converted to Unix seconds."""
+
+    name = "since"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_since(str(value), time.time())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.group(

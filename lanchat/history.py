@@ -99,8 +99,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-import click
-
 from lanchat import events as ev
 from lanchat.codec import MAX_NICK_BYTES, MAX_ROOM_BYTES, MAX_TEXT_BYTES
 from lanchat.core import RECALL_KEEP, RECALL_KEEP_LINES
@@ -114,7 +112,6 @@ __all__ = [
     "MAX_ROWS",
     "Entry",
     "HistoryStore",
-    "SinceType",
     "default_path",
     "parse_since",
     "print_history",
@@ -711,22 +708,6 @@ def parse_since(text: str, now: float) -> float:
     raise ValueError(
         f"{text!r} is neither a duration (90s, 15m, 2h, 3d, 1w) nor a date (2024-05-06[ 14:30])"
     )
-
-
-class SinceType(click.ParamType):  # type: ignore[type-arg]
-    """`--since 2h` or `--since 2024-05-06`: converted to Unix seconds."""
-
-    name = "since"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_since(str(value), time.time())
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 def print_history(

@@ -74,8 +74,7 @@ def test_node_is_still_a_name_of_the_package() -> None:
 
 
 def test_only_the_cli_imports_click() -> None:
-    # history.SinceType (a click.ParamType) is the one exception left, and chat imports history.
-    exempt = {"cli", "__main__", "history", "chat"}
+    exempt = {"cli", "__main__"}
     names = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in exempt)
     assert {"identity", "settings", "node", "doctor", "render"} <= set(names)
     loaded = modules_after("\n".join(f"import lanchat.{name}" for name in names))

@@ -30,8 +30,9 @@ from hypothesis import strategies as st
 from lanchat import events as ev
 from lanchat import history
 from lanchat.chat import run_join
+from lanchat.cli import SinceType
 from lanchat.errors import ClosedError, ConfigError
-from lanchat.history import Entry, HistoryStore, SinceType, parse_since, print_history
+from lanchat.history import Entry, HistoryStore, parse_since, print_history
 from lanchat.render import entry_fragments, plain
 from tests.loopback_helpers import node, until
 
