@@ -25,7 +25,7 @@ from lanchat.codec import check_nick, check_text
 from lanchat.errors import ConfigError, LanchatError
 from lanchat.history import default_path, parse_since, print_history
 from lanchat.node import Node
-from lanchat.render import format_peers, format_table
+from lanchat.render import format_peers, format_table, json_line, sanitize
 from lanchat.seal import key_from_passphrase, new_key_text, read_key_file
 
 T = TypeVar("T")
@@ -130,7 +130,7 @@ async def _print_errors(queue: asyncio.Queue[ev.Event]) -> None:
         event = await queue.get()
         if isinstance(event, ev.NetworkErrorReported):
             suffix = f" ({event.count} more since the last report)" if event.count > 1 else ""
-            click.echo(f"lanchat: {event.message}{suffix}", err=True)
+            click.echo(f"lanchat: {sanitize(event.message)}{suffix}", err=True)
 
 
 def _warn_visible_secret(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -233,8 +233,8 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one line on stderr and exit."""
-    click.echo(f"lanchat: {message}", err=True)
+    """Print one line on stderr and exit (it may quote a peer's strings: sanitized)."""
+    click.echo(f"lanchat: {sanitize(message)}", err=True)
     sys.exit(code)
 
 
@@ -429,7 +429,7 @@ def notice(wait: float, text: tuple[str, ...], no_history: bool, **kwargs: Any) 
             return acked, node.peers()
 
     acked, known = run(go)
-    missing = [p.nick for p in known if p.peer_id not in acked]
+    missing = [sanitize(p.nick) for p in known if p.peer_id not in acked]
     # A peer whose acknowledgement came but whose Beat did not is known all the same.
     everyone = {p.peer_id for p in known} | acked
     line = f"notice sent; acknowledged by {len(acked)} of {len(everyone)} known peers"
@@ -464,7 +464,8 @@ def send(to: str, wait: float, text: tuple[str, ...], no_history: bool, **kwargs
 
     peer, outcome = run(go)
     if isinstance(outcome, ev.DirectDelivered):
-        click.echo(f"delivered to {peer.nick} ({peer.short_id} on {peer.host})")
+        where = f"{peer.short_id} on {peer.host}"
+        click.echo(sanitize(f"delivered to {peer.nick} ({where})"))
         return
     tries = outcome.attempts
     if outcome.peer_alive:
@@ -489,10 +490,10 @@ def listen(as_json: bool, rooms: tuple[str, ...], no_history: bool, **kwargs: An
     def emit(event: ev.Event | dict[str, Any], now: float) -> None:
         data = event if isinstance(event, dict) else event_json(event, now)
         if as_json:
-            click.echo(json.dumps(data, ensure_ascii=False))
+            click.echo(json_line(data))
         else:
             fields = " ".join(f"{k}={v!r}" for k, v in data.items() if k not in ("event", "time"))
-            click.echo(f"{data['event']}: {fields}")
+            click.echo(sanitize(f"{data['event']}: {fields}"))  # repr escapes; sanitize is sure
         sys.stdout.flush()
 
     async def go() -> None:

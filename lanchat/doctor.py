@@ -35,6 +35,7 @@ from lanchat import netif
 from lanchat.core import Address, Datagram, Stats
 from lanchat.errors import InterfaceError, LanchatError
 from lanchat.node import Node
+from lanchat.render import sanitize
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -865,10 +866,10 @@ class _TappedNode(Node):
 
 def _peer_seen(peer: ev.PeerInfo, tap: _Tap) -> PeerSeen:
     addresses = set(peer.addresses) | {peer.address}
-    return PeerSeen(
-        nick=peer.nick,
+    return PeerSeen(  # the peer's own strings, terminal-safe before any report uses them
+        nick=sanitize(peer.nick),
         short_id=peer.short_id,
-        host=peer.host,
+        host=sanitize(peer.host),
         address=peer.address,
         heartbeat_interval=peer.heartbeat_interval,
         by_group=sum(tap.accepted[(a, GROUP)] for a in addresses),

@@ -8,6 +8,7 @@ string. `sanitize` makes every remote string safe for a terminal, once, here.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 import zlib
@@ -40,6 +41,7 @@ __all__ = [
     "format_who",
     "in_flight_fragments",
     "info_fragments",
+    "json_line",
     "nick_style",
     "notice_sent_fragments",
     "outcome_state",
@@ -104,6 +106,24 @@ def sanitize(text: str) -> str:
                 continue
             out.append("\ufffd" if cat == "Cs" else ch)
     return "".join(out)
+
+
+# What `json_line` writes as a \u escape although JSON allows it raw: C1 controls (8-bit
+# CSI and OSC reach a terminal like ESC does), bidi controls and line separators.
+_JSON_ESCAPED: Final = re.compile(
+    "[\x7f-\x9f" + "".join(sorted(_BIDI_CONTROLS)) + "\u2028\u2029\u200e\u200f\u061c]"
+)
+
+
+def json_line(data: object) -> str:
+    """`data` as one line of JSON, UTF-8 kept readable, terminal-safe.
+
+    json.dumps escapes C0 controls (ESC among them) but writes C1 controls and bidi
+    overrides raw with ensure_ascii=False; they are escaped here, so a peer's string
+    printed by `listen --json` or a pipe into a terminal cannot act on it.
+    """
+    text = json.dumps(data, ensure_ascii=False)
+    return _JSON_ESCAPED.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def nick_style(nick: str) -> str:

@@ -242,3 +242,43 @@ def test_cli_peers_table_neutralises_escape_sequences(lo_port: int) -> None:
     assert peers.returncode == 0, err
     assert "mallory" in out and "host" in out
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+
+
+# A host string no terminal may see raw: OSC title, CSI clear, BEL, 8-bit CSI, bidi override.
+HOSTILE_HOST = "pc\x1b]0;pwned\x07\x1b[2J\x9b31m\u202eevil"
+RAW = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+def test_cli_send_listen_and_notice_print_a_hostile_host_inert(lo_port: int, tmp_path: Any) -> None:
+    async def main() -> tuple[str, str, str, str]:
+        async with node("mallory", lo_port, host=HOSTILE_HOST):
+            env = {**os.environ, "LANCHAT_PORT": str(lo_port)}
+            listen_cmd = [*LANCHAT, "listen", "--nick", "lis"]
+            listeners = [
+                await asyncio.create_subprocess_exec(
+                    *listen_cmd,
+                    *extra,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={**env, "LANCHAT_HOME": str(tmp_path / f"l{i}")},
+                )
+                for i, extra in enumerate(([], ["--json"]))
+            ]
+            send = await asyncio.to_thread(cli, "send", "--to", "mallory", "hi", port=lo_port)
+            notice = await asyncio.to_thread(cli, "notice", "--wait", "1", "hi", port=lo_port)
+            await asyncio.sleep(1.0)
+            outs = []
+            for proc in listeners:
+                proc.terminate()
+                out, _ = await proc.communicate()
+                outs.append(out.decode())
+            assert send.returncode == 0, send.stderr
+            return send.stdout + send.stderr, notice.stdout + notice.stderr, outs[0], outs[1]
+
+    send_out, notice_out, text_out, json_out = asyncio.run(main())
+    assert "delivered to mallory" in send_out and "pc" in send_out
+    assert "mallory" in text_out and json.loads(json_out.splitlines()[1])
+    hosts = [json.loads(line).get("peer", {}).get("host") for line in json_out.splitlines()]
+    assert HOSTILE_HOST in hosts  # JSON keeps the exact string, escaped
+    for out in (send_out, notice_out, text_out, json_out):
+        assert not any(ch in out for ch in RAW), repr(out)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import unicodedata
 from datetime import datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lanchat import events as ev
 from lanchat.render import (
@@ -20,6 +24,7 @@ from lanchat.render import (
     format_peers,
     format_rooms,
     format_who,
+    json_line,
     nick_style,
     plain,
     sanitize,
@@ -353,3 +358,12 @@ def test_render_loads_no_terminal_library_nor_history() -> None:
     loaded = set(result.stdout.split())
     assert "lanchat.render" in loaded
     assert not {"prompt_toolkit", "lanchat.history", "sqlite3", "click"} & loaded
+
+
+@given(st.text())
+def test_json_line_round_trips_and_leaves_no_control_raw(text: str) -> None:
+    line = json_line({"text": text})
+    assert json.loads(line) == {"text": text}
+    assert "\n" not in line
+    raw = [ch for ch in line if unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029"]
+    assert raw == [] and not any(ch in line for ch in "\u202a\u202b\u202c\u202d\u202e\u2066\u2069")
