@@ -118,6 +118,7 @@ class Node:
         ipv4_only: bool = False,
         ipv6_only: bool = False,
         transport: Transport | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """`history`: True keeps messages in the user's history file, a Path in that file.
 
@@ -130,7 +131,8 @@ class Node:
         the interfaces that have an address of it).
 
         `transport`: how datagrams travel (default: `UdpTransport`, real sockets on
-        `group` and `port`; `lanchat.testing.FakeLan.transport()` in tests).
+        `group` and `port`; `lanchat.testing.FakeLan.transport()` in tests). `rng`:
+        the core's randomness (jitter), seeded for a reproducible test.
         """
         if ipv4_only and ipv6_only:
             raise ConfigError("--ipv4-only and --ipv6-only exclude each other: choose one")
@@ -166,6 +168,7 @@ class Node:
             group=self.group, group6=self.group6, port=self.port, ttl=ttl,
             ipv4=self.ipv4, ipv6=self.ipv6, endpoint=self._endpoint,
         )  # fmt: skip
+        self._rng = rng
         self._receiver = Receiver(self._on_datagram, self._send_failed, self._join_failed)
         self.choice = self._choose(self._transport.read_interfaces())
         self.keys = KeyRing(tuple(keys)) if keys else None
@@ -234,7 +237,11 @@ class Node:
         self.ipv6 = self._transport.ipv6
         uport = self._transport.unicast_port
         self._core = NodeCore(
-            self.config, self._identity, uport=uport, rng=random.Random(), keys=self.keys
+            self.config,
+            self._identity,
+            uport=uport,
+            rng=self._rng or random.Random(),
+            keys=self.keys,
         )
         self._started_at = loop.time()
         self._core.start(self._started_at)
