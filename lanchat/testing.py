@@ -117,6 +117,11 @@ class FakeTransport:
 class FakeLan(fakelan.FakeLan):
     """The seeded in-memory LAN, for bare cores (`add_node`) and real Nodes (`node`)."""
 
+    def __init__(self, seed: int = 0, **options: Any) -> None:
+        """Options as `lanchat.fakelan.FakeLan`: loss, duplicate, delay, start, prefix, log."""
+        super().__init__(seed, **options)
+        self._stations: dict[Node, Station] = {}
+
     def transport(self, name: str = "node", *, ips: Iterable[str] | None = None) -> FakeTransport:
         """A transport for a Node of your own making: `Node(..., transport=lan.transport())`."""
         return FakeTransport(self, name, ips)
@@ -133,7 +138,13 @@ class FakeLan(fakelan.FakeLan):
         identity = Identity(self.rng.randbytes(8), self.new_instance())
         options: dict[str, Any] = {"host": f"host-{nick}", **kw}
         rng = random.Random(self.rng.random())
-        return Node(nick, transport=transport, identity=identity, keys=keys, rng=rng, **options)
+        node = Node(nick, transport=transport, identity=identity, keys=keys, rng=rng, **options)
+        self._stations[node] = transport.station
+        return node
+
+    def station(self, node: Node) -> Station:
+        """Where a Node made by `node()` is on the LAN: to crash, partition or make lossy."""
+        return self._stations[node]
 
 
 class _Autojump(selectors.DefaultSelector):
