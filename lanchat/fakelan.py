@@ -32,12 +32,33 @@ from typing import Any, Protocol
 from lanchat import codec
 from lanchat import events as ev
 from lanchat.config import NodeConfig
-from lanchat.core import Address, Identity, NodeCore
+from lanchat.core import Address, Datagram, Identity, NodeCore
 from lanchat.seal import KeyRing
 
 
 class TimerStuck(AssertionError):
     """handle_timer(now) left get_timer() at or before now: a driver would call it forever."""
+
+
+def check_timer_moved(name: str, core: NodeCore, now: float) -> None:
+    """Raise TimerStuck if `core`'s timer is still due after handle_timer(now)."""
+    after = core.get_timer()
+    if after is not None and after <= now:
+        raise TimerStuck(f"{name}: timer {after!r} <= now {now!r} after handle_timer")
+
+
+def run_timers(core: NodeCore, until: float) -> list[tuple[float | None, Datagram]]:
+    """Drive a lone core (no LAN): handle each of its timers at its time, up to `until`.
+
+    What it sent, with the time of the timer that sent it (None: queued before
+    the call). Raises TimerStuck as FakeLan does.
+    """
+    sent: list[tuple[float | None, Datagram]] = [(None, d) for d in core.datagrams_to_send()]
+    while (when := core.get_timer()) is not None and when <= until:
+        core.handle_timer(when)
+        check_timer_moved("core", core, when)
+        sent += [(when, d) for d in core.datagrams_to_send()]
+    return sent
 
 
 class Scheduler(Protocol):
@@ -354,9 +375,7 @@ class FakeLan:
         node.booked = None
         now = self.now
         node.core.handle_timer(now)
-        after = node.core.get_timer()
-        if after is not None and after <= now:
-            raise TimerStuck(f"{node.name}: timer {after!r} <= now {now!r} after handle_timer")
+        check_timer_moved(node.name, node.core, now)
         self._service(node)
 
     def _lost(self, src: Station, dst: Station) -> bool:

@@ -31,7 +31,15 @@ from typing import Any, TypeVar
 
 from lanchat import fakelan, netif
 from lanchat.core import Address, Datagram, Identity
-from lanchat.fakelan import Endpoint, FakeNode, Scheduler, Sent, Station, TimerStuck
+from lanchat.fakelan import (
+    Endpoint,
+    FakeNode,
+    Scheduler,
+    Sent,
+    Station,
+    TimerStuck,
+    run_timers,
+)
 from lanchat.node import Node
 from lanchat.transport import Receiver
 
@@ -45,6 +53,7 @@ __all__ = [
     "TimerStuck",
     "VirtualEventLoop",
     "run",
+    "run_timers",
 ]
 
 T = TypeVar("T")
