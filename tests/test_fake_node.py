@@ -9,9 +9,10 @@ real sockets and takes milliseconds.
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ import lanchat
 from lanchat import codec, netif
 from lanchat import config as cfg
 from lanchat import events as ev
+from lanchat.chat import run_join
 from lanchat.testing import FakeLan, TimerStuck, run
 
 
@@ -274,6 +276,32 @@ def test_node_of_your_own_making_on_the_fake_lan() -> None:
             assert [i.name for i in mine.choice.used] == ["fake0"]
 
     run(main())
+
+
+def test_the_chat_session_runs_on_the_fake_lan() -> None:
+    lan = FakeLan(seed=12)
+
+    async def main() -> str:
+        async with lan.node("alice") as a, lan.node("bob") as b:
+            await b.lookup("alice", wait=5)
+
+            async def lines() -> AsyncIterator[str]:
+                yield "hello from the session"
+                await asyncio.sleep(2)  # virtual: alice answers meanwhile
+                yield "/quit"
+
+            out = io.StringIO()
+            session = asyncio.create_task(
+                run_join(b, interactive=False, room="lobby", lines=lines(), out=out)
+            )
+            chat = await a.wait_for(lambda e: isinstance(e, ev.ChatReceived), 5)
+            assert isinstance(chat, ev.ChatReceived) and chat.text == "hello from the session"
+            await a.say("lobby", "hi bob")
+            assert await session == 0
+            return out.getvalue()
+
+    output = run(main())
+    assert "<alice> hi bob" in output
 
 
 def drain(queue: asyncio.Queue[ev.Event]) -> list[ev.Event]:
