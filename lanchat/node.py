@@ -1,17 +1,15 @@
-"""The asyncio adapter: real sockets and the event loop's clock around a NodeCore.
+"""The asyncio adapter: a transport and the event loop's clock around a NodeCore.
 
     async with Node("alice", interfaces=["eth0"], keys=[key]) as node:  # keys: optional
         await node.say("lobby", "hello")
         async for event in node.events():
             print(event)
 
-Per address family, one multicast receive socket (shared port, address reuse):
-IPv4 joins its group on every chosen interface by address, IPv6 its link-local
-group (`config.ipv6_group`, ff02::efff:4c43 by default) by interface index. One
-multicast send socket per interface and family; one unicast socket on an
-ephemeral port, dual-stack when IPv6 is on (IPv4 sources show as plain IPv4,
-link-local IPv6 ones as "fe80::1%eth0"). Exactly one `loop.call_at` timer
-handle, re-armed after every receive and send.
+The node takes its time from the running event loop (`loop.time()`), so a
+virtual-time loop (`lanchat.testing.run`) runs it in virtual time, and it moves
+datagrams through a `Transport` (`lanchat.transport`): real UDP sockets by
+default, or a fake LAN's in tests. Exactly one `loop.call_at` timer handle,
+re-armed after every receive and send.
 
 The OS refusing something becomes one line for people: at start a
 `NetworkError` (what failed, why, the fix); while running a
@@ -37,10 +35,8 @@ import contextlib
 import errno
 import random
 import socket
-import struct
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -53,37 +49,28 @@ from lanchat.errors import (
     ConfigError,
     InterfaceError,
     LanchatError,
-    NetworkError,
     PeerError,
 )
 from lanchat.identity import IdentityLease, acquire_identity, ephemeral_identity
 from lanchat.ratelimit import is_loopback
 from lanchat.seal import KeyRing
+from lanchat.transport import Pending, Receiver, Transport, UdpTransport, join_hint, send_hint
 
 if TYPE_CHECKING:  # sqlite3 is imported only by a node that keeps history
     from lanchat.history import HistoryStore
 
 # Events kept for a subscriber that does not read; the oldest are dropped past it.
 _MAX_QUEUED_EVENTS: Final = 10_000
-_IP_MULTICAST_ALL: Final = 49  # Linux: deliver only groups this socket joined
-_IPV6_MULTICAST_ALL: Final = 29  # the same for IPv6 (Linux 4.20+; older ones ignore it)
 # A send error on one interface is reported at once, then at most every 10 s with
 # a count: a vanished interface fails every datagram (~5 a second) until the poll
 # (every 2 s) drops it, and a firewall fails them for as long as it stands.
 _ERROR_REPORT_GAP: Final = 10.0
 # Interfaces and errors reported; a flapping set of interfaces cannot grow it.
 _MAX_ERROR_KEYS: Final = 64
-# 4 MiB of socket buffer (the kernel caps it at net.core.rmem_max): a pause of
-# the loop (a history commit, a redraw) of ~100 ms under a 20,000/s flood of
-# small datagrams (~1 KB of buffer each) overflows no heartbeat out of it.
-_RECV_BUFFER: Final = 4 << 20
 # A readable socket is drained of up to 64 datagrams in one go, handled with one
 # clock reading and one pump: the loop's per-wakeup cost is paid once per batch,
 # and 64 datagrams (~1 ms at most) keep timers and the other sockets prompt.
 _RECV_BATCH: Final = 64
-# Read buffer: anything longer than MAX_DATAGRAM (1200) is dropped as oversized,
-# truncated or not; asyncio's own 256 KiB buffer costs a large allocation per read.
-_RECV_SIZE: Final = 2048
 # Source addresses whose on-link verdict is cached (forgotten at once when full,
 # and whenever the interfaces change).
 _MAX_LINK_CACHE: Final = 4096
@@ -102,150 +89,10 @@ NETLINK_SAFETY_POLL: Final = 30.0
 # Changes come in bursts (link up, then its addresses, then DAD ending): the
 # interfaces are re-read once the burst has been quiet this long.
 NETLINK_SETTLE: Final = 0.1
-# Linux rtnetlink multicast groups: links, IPv4 addresses, IPv6 addresses.
-_RTMGRP_LINK: Final = 0x1
-_RTMGRP_IPV4_IFADDR: Final = 0x10
-_RTMGRP_IPV6_IFADDR: Final = 0x100
-
-
-def _open_netlink() -> socket.socket | None:
-    """A socket the Linux kernel tells of link and address changes (None elsewhere)."""
-    family = getattr(socket, "AF_NETLINK", None)
-    if family is None:
-        return None
-    try:
-        sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)  # NETLINK_ROUTE
-    except OSError:
-        return None
-    try:
-        sock.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
-    except OSError:
-        sock.close()
-        return None
-    return sock
-
-
-def _drain_netlink(sock: socket.socket, changed: asyncio.Event) -> None:
-    """Read every pending notification; any of them (or an overrun) means: re-read."""
-    while True:
-        try:
-            if not sock.recv(65536):
-                break
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError:  # ENOBUFS: notifications were lost, which is a change too
-            break
-    changed.set()
-
-
-def _bind_hint(exc: OSError, port: int) -> str:
-    """Why binding a port failed, and the fix."""
-    match exc.errno:
-        case errno.EADDRINUSE:
-            return (
-                f"another program holds UDP port {port} without address reuse "
-                f"(find it: ss -ulpn 'sport = :{port}'; or choose another --port)"
-            )
-        case errno.EACCES | errno.EPERM:
-            return (
-                f"permission denied for UDP port {port} (ports below 1024 need root "
-                "or CAP_NET_BIND_SERVICE: choose --port 1024 or above)"
-            )
-        case errno.EAFNOSUPPORT:
-            return "IPv6 is turned off on this machine (use --ipv4-only)"
-    return exc.strerror or str(exc)
-
-
-def _join_hint(exc: OSError) -> str:
-    """Why joining a group on an interface failed, and the fix."""
-    match exc.errno:
-        case errno.ENODEV | errno.EADDRNOTAVAIL | errno.ENXIO:
-            return "the interface or its address is gone (see `lanchat interfaces`)"
-        case errno.ENOBUFS:
-            return (
-                "the kernel's limit of group memberships is reached (sysctl igmp_max_memberships)"
-            )
-        case errno.EACCES | errno.EPERM:
-            return "permission denied (a security policy forbids multicast)"
-    return exc.strerror or str(exc)
-
-
-def _send_hint(exc: OSError, where: str) -> str:
-    """Why a send failed on `where` (an interface, or "unicast"), and what to do."""
-    match exc.errno:
-        case errno.EACCES | errno.EPERM:
-            return (
-                "a firewall refuses it (allow UDP to and from lanchat's port in its output rules)"
-            )
-        case errno.ENETUNREACH | errno.EHOSTUNREACH:
-            return "the network is unreachable (link down or interface gone? see `lanchat doctor`)"
-        case errno.ENODEV | errno.EADDRNOTAVAIL | errno.ENXIO:
-            return f"{where} or its address is gone (it is dropped at the next interface poll)"
-        case errno.ENOBUFS | errno.EAGAIN:
-            return "the send queue is full (a flood, or a link that is down): datagrams are lost"
-        case errno.EMSGSIZE:
-            return "the datagram is larger than the link's MTU"
-    return exc.strerror or str(exc)
-
-
-def _os_error(action: str, exc: OSError, hint: str | None = None) -> NetworkError:
-    return NetworkError(exc.errno or 0, f"cannot {action}: {hint or exc.strerror or str(exc)}")
-
-
-def _family(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
-class _Receiver(asyncio.DatagramProtocol):
-    def __init__(self, node: Node, sock: socket.socket | None = None) -> None:
-        self.node = node
-        self.sock = sock
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        source = (addr[0], addr[1]) if len(addr) == 2 else _source6(addr)
-        self.node._on_datagram(data, source, self.sock)
-
-    def error_received(self, exc: Exception) -> None:
-        self.node.send_errors += 1
-
-
-class _Sender(_Receiver):
-    """The protocol of a send socket: its errors are reported with the interface's name."""
-
-    def __init__(self, node: Node, where: str) -> None:
-        super().__init__(node)
-        self.where = where
-
-    def error_received(self, exc: Exception) -> None:
-        self.node.send_errors += 1
-        if isinstance(exc, OSError):
-            self.node._report_send_error(self.where, exc)
-
-
-_scope_names: dict[int, str] = {}
-
-
-def _source6(addr: tuple[Any, ...]) -> Address:
-    """An IPv6 source as the core sees it: mapped IPv4 plain, link-local with "%ifname"."""
-    host, port = str(addr[0]), int(addr[1])
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:], port
-    scope = int(addr[3]) if len(addr) > 3 else 0
-    if scope and "%" not in host:
-        name = _scope_names.get(scope)
-        if name is None:
-            try:
-                name = socket.if_indextoname(scope)
-            except OSError:
-                name = str(scope)  # the interface is gone; the index still routes nowhere
-            if len(_scope_names) < _MAX_ERROR_KEYS:
-                _scope_names[scope] = name
-        host = f"{host}%{name}"
-    return host, port
 
 
 class Node:
-    """A lanchat node on the real network, driven by asyncio."""
+    """A lanchat node on the network (or on a fake one), driven by asyncio."""
 
     def __init__(
         self,
@@ -270,6 +117,8 @@ class Node:
         history: bool | Path = False,
         ipv4_only: bool = False,
         ipv6_only: bool = False,
+        transport: Transport | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """`history`: True keeps messages in the user's history file, a Path in that file.
 
@@ -280,6 +129,10 @@ class Node:
 
         `ipv4_only` / `ipv6_only`: use one address family (default: both, each on
         the interfaces that have an address of it).
+
+        `transport`: how datagrams travel (default: `UdpTransport`, real sockets on
+        `group` and `port`; `lanchat.testing.FakeLan.transport()` in tests). `rng`:
+        the core's randomness (jitter), seeded for a reproducible test.
         """
         if ipv4_only and ipv6_only:
             raise ConfigError("--ipv4-only and --ipv6-only exclude each other: choose one")
@@ -310,7 +163,14 @@ class Node:
         self._excluded = tuple(exclude_interfaces)
         self._poll_interval = interface_poll_interval
         self._netlink = netlink
-        self.choice = self._choose(netif.read_interfaces())
+        self._transports: list[asyncio.DatagramTransport] = []  # doctor's tap appends to it
+        self._transport: Transport = transport or UdpTransport(
+            group=self.group, group6=self.group6, port=self.port, ttl=ttl,
+            ipv4=self.ipv4, ipv6=self.ipv6, endpoint=self._endpoint,
+        )  # fmt: skip
+        self._rng = rng
+        self._receiver = Receiver(self._on_datagram, self._send_failed, self._join_failed)
+        self.choice = self._choose(self._transport.read_interfaces())
         self.keys = KeyRing(tuple(keys)) if keys else None
         if history is True:
             from lanchat.history import default_path
@@ -323,13 +183,7 @@ class Node:
         self._core: NodeCore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._transports: list[asyncio.DatagramTransport] = []
-        self._unicast: asyncio.DatagramTransport | None = None
-        self._rx: socket.socket | None = None  # the group socket, for joining and leaving
-        self._rx6: socket.socket | None = None  # the IPv6 group socket
-        self._unicast_family = socket.AF_INET
         self._error_reports: dict[tuple[str, int], tuple[float, int]] = {}  # last report, count
-        self._senders: dict[netif.InterfaceAddress, asyncio.DatagramTransport] = {}
         self._refresh_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         # How interface changes are noticed: "netlink", "poll", or "" (not followed).
@@ -353,7 +207,7 @@ class Node:
         await self.close()
 
     async def start(self) -> None:
-        """Open the sockets, announce this node and ask who is there."""
+        """Open the transport, announce this node and ask who is there."""
         if self._core is not None:
             return
         loop = self._loop = asyncio.get_running_loop()
@@ -371,7 +225,7 @@ class Node:
             else:
                 self._identity = ephemeral_identity()
         try:
-            await self._open_sockets(loop)
+            await self._transport.open(self._receiver, self.choice.joined)
         except BaseException:
             self._close_sockets()
             self._close_history()
@@ -380,10 +234,14 @@ class Node:
                 self._lease = None
                 self._identity = None
             raise
-        assert self._unicast is not None
-        uport = self._unicast.get_extra_info("sockname")[1]
+        self.ipv6 = self._transport.ipv6
+        uport = self._transport.unicast_port
         self._core = NodeCore(
-            self.config, self._identity, uport=uport, rng=random.Random(), keys=self.keys
+            self.config,
+            self._identity,
+            uport=uport,
+            rng=self._rng or random.Random(),
+            keys=self.keys,
         )
         self._started_at = loop.time()
         self._core.start(self._started_at)
@@ -428,201 +286,31 @@ class Node:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for transport in self._transports:
-            transport.close()
+        self._transport.close()
         self._transports.clear()
-        self._senders.clear()
-        self._rx = self._rx6 = None
 
     def _choose(self, infos: Sequence[netif.InterfaceInfo]) -> netif.Choice:
         return netif.choose_interfaces(
             infos, self._wanted, self._excluded, ipv4=self.ipv4, ipv6=self.ipv6
         )
 
-    def _open_group_socket(self, family: socket.AddressFamily) -> socket.socket:
-        """The socket receiving one family's group on the shared port (NetworkError if refused)."""
-        name = "IPv6 group" if family == socket.AF_INET6 else "group"
-        try:
-            rx = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        except OSError as exc:
-            raise _os_error(f"open the {name} socket", exc, _bind_hint(exc, self.port)) from exc
-        try:
-            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if hasattr(socket, "SO_REUSEPORT"):
-                rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            with contextlib.suppress(OSError):
-                rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-            if family == socket.AF_INET6:
-                rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if sys.platform.startswith("linux"):
-                    with contextlib.suppress(OSError):  # older kernels deliver every group
-                        rx.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
-                # A link-local group cannot be bound without a scope (one interface):
-                # bind the port; the joins choose the interfaces.
-                rx.bind(("::", self.port))
-            elif sys.platform.startswith("linux"):
-                rx.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
-                rx.bind((self.group, self.port))
-            else:  # pragma: no cover - other systems cannot bind a group address
-                rx.bind(("", self.port))
-        except OSError as exc:
-            rx.close()
-            hint = _bind_hint(exc, self.port)
-            raise _os_error(f"open the {name} port {self.port}", exc, hint) from exc
-        return rx
-
-    def _open_unicast_socket(self) -> socket.socket:
-        """The unicast socket: dual-stack when IPv6 is on and the OS allows it."""
-        families = [socket.AF_INET6] if self.ipv6 else []
-        if self.ipv4:
-            families.append(socket.AF_INET)
-        error: OSError | None = None
-        for family in families:
-            try:
-                sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-            except OSError as exc:  # IPv6 turned off in the kernel: IPv4 alone
-                error = exc
-                continue
-            try:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not self.ipv4))
-                    sock.bind(("::", 0))
-                else:
-                    sock.bind(("0.0.0.0", 0))
-            except OSError as exc:
-                sock.close()
-                error = exc
-                continue
-            self._unicast_family = family
-            return sock
-        assert error is not None
-        raise _os_error("open the unicast socket", error, _bind_hint(error, 0))
-
-    async def _open_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
-        wanted = self.choice.joined
-        if self.ipv4:
-            self._rx = self._open_group_socket(socket.AF_INET)
-            await self._endpoint(loop, self._rx)
-        if self.ipv6:
-            try:
-                self._rx6 = self._open_group_socket(socket.AF_INET6)
-            except NetworkError as exc:
-                if self.ipv4 and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                    self.ipv6 = False  # IPv6 is off in this kernel: IPv4 alone, as asked
-                    wanted = tuple(where for where in wanted if not where.ipv6)
-                else:
-                    raise
-            else:
-                await self._endpoint(loop, self._rx6)
-        joined = []
-        for where in wanted:
-            try:
-                self._membership(where, join=True)
-            except OSError as exc:
-                self.interface_errors += 1
-                problem = _os_error(
-                    f"join {self._group_of(where)} on {where}", exc, _join_hint(exc)
-                )
-                if len(wanted) == 1:
-                    raise problem from exc
-                self._report(str(where), exc, str(problem))
-                continue  # tried again at the next interface poll
-            joined.append(where)
-        if not joined:
-            raise NetworkError(0, f"cannot join {self.group} on any interface")
-        self._unicast = await self._endpoint(loop, self._open_unicast_socket())
-        for where in joined:
-            try:
-                self._senders[where] = await self._open_sender(loop, where)
-            except OSError as exc:
-                hint = _send_hint(exc, where.name)
-                raise _os_error(f"send multicast from {where}", exc, hint) from exc
-
     def _group_of(self, where: netif.InterfaceAddress) -> str:
         return self.group6 if where.ipv6 else self.group
 
-    def _membership(self, where: netif.InterfaceAddress, *, join: bool) -> None:
-        """Join or leave the group on one interface (OSError if the OS refuses)."""
-        if where.ipv6:
-            if self._rx6 is None:
-                raise OSError(errno.EAFNOSUPPORT, "IPv6 is off")
-            mreq = socket.inet_pton(socket.AF_INET6, self.group6) + struct.pack("@I", where.index)
-            option = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
-            self._rx6.setsockopt(socket.IPPROTO_IPV6, option, mreq)
-            return
-        if self._rx is None:
-            raise OSError(errno.EAFNOSUPPORT, "IPv4 is off")
-        group = socket.inet_aton(self.group) + socket.inet_aton(where.address)
-        if join:
-            self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
-        elif where.index and sys.platform.startswith("linux"):
-            # Leave by interface index (struct ip_mreqn): the address may be gone already,
-            # and leaving by a vanished address would keep the interface in the group.
-            mreqn = group + struct.pack("@i", where.index)
-            self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, mreqn)
-        else:
-            self._rx.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, group)
-
-    async def _open_sender(
-        self, loop: asyncio.AbstractEventLoop, where: netif.InterfaceAddress
-    ) -> asyncio.DatagramTransport:
-        """A socket sending to the group from `where` (OSError if the OS refuses)."""
-        address = where.address
-        tx = socket.socket(_family(address), socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        try:
-            if where.ipv6:
-                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                # Bound to the link-local address: a tentative one (duplicate address
-                # detection, ~1-2 s after link up) refuses, and the next poll tries again.
-                tx.bind((address, 0, 0, where.index))
-                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, where.index)
-                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, self.ttl)
-                tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
-            else:
-                tx.bind((address, 0))
-                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
-                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
-                tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        except BaseException:
-            tx.close()
-            raise
-        return await self._endpoint(loop, tx, _Sender(self, str(where)))
-
-    async def _add_interface(
-        self, loop: asyncio.AbstractEventLoop, where: netif.InterfaceAddress
-    ) -> None:
-        """Join the group on `where` and open its send socket, or neither (OSError)."""
-        self._membership(where, join=True)
-        try:
-            self._senders[where] = await self._open_sender(loop, where)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self._membership(where, join=False)
-            raise
-
-    def _remove_interface(self, where: netif.InterfaceAddress) -> None:
-        """Close the send socket of `where` and leave the group there; never raises."""
-        sender = self._senders.pop(where, None)
-        if sender is not None:
-            sender.close()
-            with contextlib.suppress(ValueError):
-                self._transports.remove(sender)
-        with contextlib.suppress(OSError):  # the interface may be gone already
-            self._membership(where, join=False)
+    @property
+    def _senders(self) -> Collection[netif.InterfaceAddress]:
+        """The interface addresses the group is sent on (doctor's tap counts them)."""
+        return self._transport.joined
 
     async def _endpoint(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        protocol: _Receiver | None = None,
+        protocol: asyncio.DatagramProtocol | None = None,
     ) -> asyncio.DatagramTransport:
-        sock.setblocking(False)
-        made = protocol or _Receiver(self, sock)
-        transport, _ = await loop.create_datagram_endpoint(lambda: made, sock=sock)
-        self._transports.append(transport)
-        return transport
+        """Wrap one of UdpTransport's sockets (doctor's tap overrides it to see each socket)."""
+        assert isinstance(self._transport, UdpTransport)
+        return await self._transport.endpoint(loop, sock, protocol)
 
     # ------------------------------------------------------------- driving
 
@@ -630,8 +318,8 @@ class Node:
         assert self._loop is not None
         return self._loop.time()
 
-    def _on_datagram(self, data: bytes, source: Address, sock: socket.socket | None = None) -> None:
-        """One datagram from asyncio, then what else `sock` holds (up to _RECV_BATCH)."""
+    def _on_datagram(self, data: bytes, source: Address, pending: Pending | None = None) -> None:
+        """One datagram from the transport, then what else is `pending` (up to _RECV_BATCH)."""
         core = self._core
         if core is None or self._closed.is_set():
             return
@@ -642,15 +330,11 @@ class Node:
         receive, link, on_link = core.receive_datagram, self._link_cache, self._on_link
         ip = source[0]
         receive(data, source, now, on_link=link.get(ip) or on_link(ip))
-        for _ in range(_RECV_BATCH - 1 if sock is not None else 0):
-            try:
-                data, addr = sock.recvfrom(_RECV_SIZE)  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
+        for _ in range(_RECV_BATCH - 1):
+            more = pending() if pending is not None else None
+            if more is None:
                 break
-            except OSError:  # e.g. an ICMP error reported on a unicast socket
-                self.send_errors += 1
-                break
-            source = (addr[0], addr[1]) if len(addr) == 2 else _source6(addr)
+            data, source = more
             ip = source[0]
             receive(data, source, now, on_link=link.get(ip) or on_link(ip))
         self._pump()
@@ -699,37 +383,23 @@ class Node:
             queue.put_nowait(event)
 
     def _send(self, dgram: Datagram) -> None:
-        """Send one datagram; an error on one interface stops neither the node nor the others."""
-        if dgram.to is None:
-            for where, tx in self._senders.items():
-                target = (self.group6, self.port, 0, where.index) if where.ipv6 else (
-                    self.group, self.port)  # fmt: skip
-                try:
-                    tx.sendto(dgram.data, target)
-                except OSError as exc:  # asyncio reports most via _Sender.error_received
-                    self.send_errors += 1
-                    self._report_send_error(str(where), exc)
-            return
-        if self._unicast is None:
-            return
-        ip, port = dgram.to
-        if self._unicast_family == socket.AF_INET6 and ":" not in ip:
-            ip = "::ffff:" + ip  # the dual-stack socket sends IPv4 as mapped addresses
-        elif self._unicast_family == socket.AF_INET and ":" in ip:
-            self.send_errors += 1  # an IPv6 peer, heard before --ipv4-only... cannot be
-            return
-        try:
-            self._unicast.sendto(dgram.data, (ip, port))
-        except (OSError, ValueError) as exc:  # ValueError: a scope that names no interface
-            self.send_errors += 1
-            if isinstance(exc, OSError):
-                self._report_send_error("unicast", exc)
+        """Send one datagram (doctor's tap overrides it to count them)."""
+        self._transport.send(dgram)
+
+    def _send_failed(self, where: str, exc: OSError | None) -> None:
+        self.send_errors += 1
+        if exc is not None:
+            self._report_send_error(where, exc)
+
+    def _join_failed(self, where: str, exc: OSError, line: str) -> None:
+        self.interface_errors += 1
+        self._report(where, exc, line)
 
     def _report_send_error(self, where: str, exc: OSError) -> None:
         destination = "the group" if where != "unicast" else "a peer"
-        line = f"cannot send to {destination} on {where}: {_send_hint(exc, where)}"
+        line = f"cannot send to {destination} on {where}: {send_hint(exc, where)}"
         if where == "unicast":
-            line = f"cannot send to a peer: {_send_hint(exc, 'its interface')}"
+            line = f"cannot send to a peer: {send_hint(exc, 'its interface')}"
         self._report(where if where != "unicast" else "", exc, line)
 
     def _report(self, where: str, exc: OSError, line: str) -> None:
@@ -765,13 +435,11 @@ class Node:
 
     async def _follow_interfaces(self, interval: float) -> None:
         """Refresh the interfaces on each netlink change, or every `interval` s, until closed."""
-        loop = asyncio.get_running_loop()
         changed = asyncio.Event()
-        watch = _open_netlink() if self._netlink else None
-        if watch is not None:
-            loop.add_reader(watch.fileno(), _drain_netlink, watch, changed)
+        stop_watch = self._transport.watch(changed) if self._netlink else None
+        if stop_watch is not None:
             interval = max(interval, NETLINK_SAFETY_POLL)
-        self.interface_watch = "netlink" if watch is not None else "poll"
+        self.interface_watch = "netlink" if stop_watch is not None else "poll"
         try:
             while not self._closed.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -784,9 +452,8 @@ class Node:
                 except (OSError, LanchatError):  # never end the watch: the next may do better
                     self.interface_errors += 1
         finally:
-            if watch is not None:
-                loop.remove_reader(watch.fileno())
-                watch.close()
+            if stop_watch is not None:
+                stop_watch()
 
     async def refresh_interfaces(self) -> ev.InterfacesChanged | None:
         """Re-read and re-choose the interfaces now, and follow any change.
@@ -799,11 +466,11 @@ class Node:
         every `interface_poll_interval` seconds (None turns it off).
         """
         async with self._refresh_lock:
-            core, loop = self._core, self._loop
-            if core is None or loop is None or self._closed.is_set() or core.closed:
+            core = self._core
+            if core is None or self._closed.is_set() or core.closed:
                 return None
             try:
-                infos = netif.read_interfaces()
+                infos = self._transport.read_interfaces()
             except OSError:
                 self.interface_errors += 1
                 return None
@@ -812,17 +479,17 @@ class Node:
             except InterfaceError:  # nothing usable: leave everything, keep polling
                 choice = netif.Choice(used=(), verdicts=(), loopback_only=False)
             joined = choice.joined if self.ipv6 else tuple(w for w in choice.joined if not w.ipv6)
-            change = netif.diff(self._senders, joined)
+            change = netif.diff(self._transport.joined, joined)
             for where in change.removed:
-                self._remove_interface(where)
+                self._transport.leave(where)
             added = []
             for where in change.added:
                 try:
-                    await self._add_interface(loop, where)
+                    await self._transport.join(where)
                 except OSError as exc:
                     self.interface_errors += 1  # not joined: tried again at the next poll
                     if not (where.ipv6 and exc.errno == errno.EADDRNOTAVAIL):  # DAD: wait
-                        line = f"cannot join {self._group_of(where)} on {where}: {_join_hint(exc)}"
+                        line = f"cannot join {self._group_of(where)} on {where}: {join_hint(exc)}"
                         self._report(str(where), exc, line)
                     continue
                 added.append(where)
@@ -832,7 +499,7 @@ class Node:
             event = ev.InterfacesChanged(
                 added=tuple(map(str, added)),
                 removed=tuple(map(str, change.removed)),
-                active=tuple(map(str, self._senders)),
+                active=tuple(map(str, self._transport.joined)),
             )
             self._publish(event)
             core.network_changed(self._now())

@@ -1,260 +1,218 @@
-"""A seeded in-memory LAN for testing lanchat cores (and your code) in virtual time.
+"""Test lanchat, and your code on top of it, without a network and without waiting.
+
+Bare cores on the seeded in-memory LAN, time stepped by hand (`lanchat.fakelan`):
 
     lan = FakeLan(seed=1, loss=0.2)
     alice, bob = lan.add_node("alice"), lan.add_node("bob")
     lan.run_until(lambda: bob.knows(alice), timeout=5)
-    alice.core.say("lobby", "hi", lan.now)
 
-Datagrams can be dropped, duplicated and delayed (which reorders them); every
-random choice comes from one `random.Random(seed)`, so a run is reproducible.
-Multicast reaches every node with an address in the sender interface's subnet
-(a /24, or a /16 with `prefix=16` for groups of more than 250 nodes) and loops
-back to the sender, as IP_MULTICAST_LOOP does on a real host.
+Real `lanchat.Node`s on it, in virtual time (like trio's FakeNet with
+`MockClock(autojump_threshold=0)`): `run` is `asyncio.run` on an event loop
+whose clock jumps to the next timer whenever nothing is ready, so sleeps,
+timeouts and the nodes' timers take no wall time; `lan.node()` makes a Node
+whose transport is the fake LAN (no socket is opened):
+
+    async def main() -> None:
+        async with lan.node("alice") as alice, lan.node("bob") as bob:
+            await bob.lookup("alice", wait=5)
+            await alice.say("lobby", "hi")
+            await bob.wait_for(lambda e: isinstance(e, lanchat.ChatReceived), 5)
+
+    run(main())
 """
 
 from __future__ import annotations
 
-import heapq
+import asyncio
 import random
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import selectors
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
 
-from lanchat import events as ev
-from lanchat.config import NodeConfig
-from lanchat.core import Address, Identity, NodeCore
-from lanchat.seal import KeyRing
+from lanchat import fakelan, netif
+from lanchat.core import Address, Datagram, Identity
+from lanchat.fakelan import (
+    Endpoint,
+    FakeNode,
+    Scheduler,
+    Sent,
+    Station,
+    TimerStuck,
+    run_timers,
+)
+from lanchat.node import Node
+from lanchat.transport import Receiver
+
+__all__ = [
+    "FakeLan",
+    "FakeNode",
+    "FakeTransport",
+    "Scheduler",
+    "Sent",
+    "Station",
+    "TimerStuck",
+    "VirtualEventLoop",
+    "run",
+    "run_timers",
+]
+
+T = TypeVar("T")
 
 
-@dataclass
-class FakeNode:
-    """One node on the fake LAN: its core, addresses and the events it emitted."""
+class FakeTransport:
+    """A Node's transport on a FakeLan: one interface per address of its station."""
 
-    name: str
-    core: NodeCore
-    ips: tuple[str, ...]
-    lan: FakeLan
-    events: list[ev.Event] = field(default_factory=list)
-    up: bool = True
-    loss_in: float = 0.0
-    loss_out: float = 0.0
-    partitioned: bool = False
-    index: int = 0  # position in FakeLan.nodes (names its multicast source port)
-    booked: float | None = None  # the timer last booked for it (one heap entry per change)
+    def __init__(self, lan: fakelan.FakeLan, name: str, ips: Iterable[str] | None = None) -> None:
+        self.lan = lan
+        self.ipv6 = False  # the fake LAN carries IPv4 only
+        self.station: Endpoint = lan.add_endpoint(name, self._arrive, ips=ips)
+        self.station.up = False  # until opened
+        self._receiver: Receiver | None = None
+        self._joined: dict[netif.InterfaceAddress, None] = {}
+
+    def read_interfaces(self) -> list[netif.InterfaceInfo]:
+        return [
+            netif.InterfaceInfo(
+                name=f"fake{i}",
+                index=i + 2,
+                up=True,
+                loopback=False,
+                multicast=True,
+                point_to_point=False,
+                virtual_kind=None,
+                ipv4=(netif.IPv4Net(ip, self.lan.prefix),),
+            )
+            for i, ip in enumerate(self.station.ips)
+        ]
+
+    async def open(self, receiver: Receiver, wanted: Sequence[netif.InterfaceAddress]) -> None:
+        self.lan.bind(asyncio.get_running_loop())
+        self._receiver = receiver
+        self._joined = dict.fromkeys(wanted)
+        self.station.up = True
 
     @property
-    def peer_id(self) -> str:
-        return self.core.identity.peer_id.hex()
+    def unicast_port(self) -> int:
+        return self.station.uport
 
-    def knows(self, other: FakeNode) -> bool:
-        """True if this node has `other` (its current instance) in its peer table."""
-        rec = self.core.members.get(other.core.identity.peer_id)
-        return rec is not None and rec.instance == other.core.identity.instance
+    @property
+    def joined(self) -> dict[netif.InterfaceAddress, None]:
+        return self._joined
 
-    def of_type(self, kind: type[Any]) -> list[Any]:
-        """The events of one type this node emitted so far."""
-        return [e for e in self.events if isinstance(e, kind)]
+    async def join(self, where: netif.InterfaceAddress) -> None:
+        self._joined[where] = None
+
+    def leave(self, where: netif.InterfaceAddress) -> None:
+        self._joined.pop(where, None)
+
+    def send(self, dgram: Datagram) -> None:
+        """To a peer, or to the group (on every address: none once every interface is left)."""
+        if dgram.to is not None or self._joined:
+            self.station.send(dgram.data, dgram.to)
+
+    def watch(self, changed: asyncio.Event) -> Callable[[], None] | None:
+        return None  # the node polls read_interfaces (in virtual time)
+
+    def close(self) -> None:
+        if self._receiver is not None:
+            self.lan.crash(self.station)
+            self._receiver = None
+
+    def _arrive(self, data: bytes, source: Address) -> None:
+        if self._receiver is not None:
+            self._receiver.datagram(data, source, None)
 
 
-class FakeLan:
-    """Many NodeCores on a simulated LAN, driven in virtual time."""
+class FakeLan(fakelan.FakeLan):
+    """The seeded in-memory LAN, for bare cores (`add_node`) and real Nodes (`node`)."""
 
-    def __init__(
-        self,
-        seed: int = 0,
-        *,
-        loss: float = 0.0,
-        duplicate: float = 0.0,
-        delay: tuple[float, float] = (0.0002, 0.002),
-        start: float = 1000.0,
-        prefix: int = 24,
-    ) -> None:
-        if prefix not in (16, 24):
-            raise ValueError("prefix must be 16 or 24")
-        self._octets = prefix // 8  # an address's subnet: its first 2 or 3 octets
-        self.rng = random.Random(seed)
-        self.loss = loss
-        self.duplicate = duplicate
-        self.delay = delay
-        self.now = start
-        self.nodes: list[FakeNode] = []
-        self.loss_model: Callable[[FakeNode, FakeNode], bool] | None = None
-        self.delivered = 0
-        self.dropped = 0
-        self._by_addr: dict[Address, FakeNode] = {}
-        self._subnets: dict[str, list[FakeNode]] = {}  # "10.0.0" -> nodes with an address there
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._counter = 0
+    def __init__(self, seed: int = 0, **options: Any) -> None:
+        """Options as `lanchat.fakelan.FakeLan`: loss, duplicate, delay, start, prefix, log."""
+        super().__init__(seed, **options)
+        self._stations: dict[Node, Station] = {}
 
-    # ------------------------------------------------------------- topology
+    def transport(self, name: str = "node", *, ips: Iterable[str] | None = None) -> FakeTransport:
+        """A transport for a Node of your own making: `Node(..., transport=lan.transport())`."""
+        return FakeTransport(self, name, ips)
 
-    def add_node(
-        self,
-        nick: str,
-        *,
-        ips: Iterable[str] | None = None,
-        peer_id: bytes | None = None,
-        instance: int | None = None,
-        start: bool = True,
-        keys: Sequence[bytes] = (),
-        **config: Any,
-    ) -> FakeNode:
-        """Create (and by default start) a node; extra keywords go to NodeConfig."""
-        index = len(self.nodes) + 1
-        addrs = tuple(ips) if ips is not None else (f"10.0.{index // 250}.{index % 250 + 1}",)
-        pid = peer_id if peer_id is not None else self.rng.randbytes(8)
-        inst = instance if instance is not None else (int(self.now * 1000) << 16) + index
-        uport = 40000 + index
-        core = NodeCore(
-            NodeConfig(nick=nick, host=f"host-{nick}", **config),
-            Identity(pid, inst),
-            uport=uport,
-            rng=random.Random(self.rng.random()),
-            keys=KeyRing(tuple(keys)) if keys else None,
-        )
-        node = FakeNode(nick, core, addrs, self, index=len(self.nodes))
-        self.nodes.append(node)
-        for ip in addrs:
-            self._by_addr[(ip, uport)] = node
-        for subnet in dict.fromkeys(self._subnet(ip) for ip in addrs):
-            self._subnets.setdefault(subnet, []).append(node)
-        if start:
-            core.start(self.now)
-            self._service(node)
+    def node(
+        self, nick: str, *, ips: Iterable[str] | None = None, keys: Sequence[bytes] = (), **kw: Any
+    ) -> Node:
+        """A real `lanchat.Node` on this LAN (not started: `async with` it inside `run`).
+
+        Its identity, host name and randomness come from the LAN's seed; other
+        keywords go to Node.
+        """
+        transport = self.transport(nick, ips=ips)
+        identity = Identity(self.rng.randbytes(8), self.new_instance())
+        options: dict[str, Any] = {"host": f"host-{nick}", **kw}
+        rng = random.Random(self.rng.random())
+        node = Node(nick, transport=transport, identity=identity, keys=keys, rng=rng, **options)
+        self._stations[node] = transport.station
         return node
 
-    def restart(self, node: FakeNode, **config: Any) -> FakeNode:
-        """Crash `node` and start it again with the same peer id and a newer instance.
+    def station(self, node: Node) -> Station:
+        """Where a Node made by `node()` is on the LAN: to crash, partition or make lossy."""
+        return self._stations[node]
 
-        Keywords change its NodeConfig, or its `keys` (default: the same keys).
-        """
-        self.crash(node)
-        ring = node.core.keys
-        cfg: dict[str, Any] = {
-            "keys": ring.keys if ring is not None else (),
-            "rooms": node.core.config.rooms,
-            "heartbeat_interval": node.core.config.heartbeat_interval,
-            **config,
-        }
-        return self.add_node(
-            node.core.config.nick,
-            ips=node.ips,
-            peer_id=node.core.identity.peer_id,
-            instance=node.core.identity.instance + 1,
-            **cfg,
-        )
 
-    def crash(self, node: FakeNode) -> None:
-        """Stop a node dead: no goodbye, nothing sent or received any more."""
-        node.up = False
-        for ip in node.ips:
-            self._by_addr.pop((ip, node.core.uport), None)
+class _Autojump(selectors.DefaultSelector):
+    """A selector that, when nothing is ready and a timer is due later, jumps the clock to it."""
 
-    def leave(self, node: FakeNode) -> None:
-        """Graceful leave: the node says goodbye, then stops once it has."""
-        node.core.leave(self.now)
-        self._service(node)
+    def __init__(self, loop: VirtualEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
 
-    def partition(self, node: FakeNode) -> None:
-        node.partitioned = True
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if ready or (timeout is not None and timeout <= 0):
+            return ready
+        if timeout is None:  # no timer at all: only real I/O (another thread) can wake us
+            return super().select(None)
+        self._loop.advance(timeout)
+        return []
 
-    def heal(self, node: FakeNode) -> None:
-        node.partitioned = False
 
-    # --------------------------------------------------------------- running
+class VirtualEventLoop(asyncio.SelectorEventLoop):
+    """An asyncio event loop in virtual time with autojump (trio's autojump_threshold=0)."""
 
-    def call(self, node: FakeNode, fn: Callable[[NodeCore, float], Any]) -> Any:
-        """Run fn(core, now) on a node and send what it queued."""
-        result = fn(node.core, self.now)
-        self._service(node)
-        return result
+    def __init__(self, start: float = 1000.0) -> None:
+        self._virtual_now = start
+        super().__init__(_Autojump(self))
 
-    def run(self, duration: float) -> None:
-        """Advance virtual time by `duration` seconds."""
-        self._run_to(self.now + duration, None)
+    def time(self) -> float:
+        return self._virtual_now
 
-    def run_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Advance until predicate() holds (True) or timeout passes (False)."""
-        if predicate():
-            return True
-        return self._run_to(self.now + timeout, predicate)
+    def advance(self, seconds: float) -> None:
+        """Move the clock on (timers then due run at the next iteration)."""
+        self._virtual_now += seconds
 
-    def _run_to(self, end: float, predicate: Callable[[], bool] | None) -> bool:
-        while self._queue and self._queue[0][0] <= end:
-            when, _, action = heapq.heappop(self._queue)
-            self.now = max(self.now, when)
-            action()
-            if predicate is not None and predicate():
-                return True
-        self.now = max(self.now, end)
-        return predicate() if predicate is not None else False
 
-    def _schedule(self, when: float, action: Callable[[], None]) -> None:
-        self._counter += 1
-        heapq.heappush(self._queue, (when, self._counter, action))
+def run(main: Coroutine[Any, Any, T], *, start: float = 1000.0) -> T:
+    """`asyncio.run(main)` in virtual time, starting at `start` (FakeLan's default).
 
-    def _service(self, node: FakeNode) -> None:
-        """Collect a node's events and datagrams, and book its next timer."""
-        core = node.core
-        while (event := core.next_event()) is not None:
-            node.events.append(event)
-        for dgram in core.datagrams_to_send():
-            if node.up:
-                self._route(node, dgram.data, dgram.to)
-        if core.closed and node.up:
-            self.crash(node)  # its goodbyes are out: it stops, as a closed process would
-        timer = core.get_timer()
-        if timer is not None and node.up and timer != node.booked:
-            node.booked = timer
-            self._schedule(timer, lambda: self._on_timer(node, timer))
+    An exception in a callback, which asyncio would only log (a FakeLan's
+    `TimerStuck`, a node's), stops the loop and is raised here.
+    """
+    errors: list[BaseException] = []
 
-    def _on_timer(self, node: FakeNode, booked: float) -> None:
-        timer = node.core.get_timer()
-        if not node.up or timer is None or timer != booked:
-            return  # superseded by a later booking
-        node.booked = None
-        node.core.handle_timer(self.now)
-        self._service(node)
+    def failed(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        errors.append(exc if isinstance(exc, BaseException) else RuntimeError(context["message"]))
+        loop.stop()
 
-    def _lost(self, src: FakeNode, dst: FakeNode) -> bool:
-        if src.partitioned or dst.partitioned:
-            return True
-        if self.loss_model is not None:
-            return self.loss_model(src, dst)
-        p_out = src.loss_out or self.loss
-        return self.rng.random() < p_out or self.rng.random() < dst.loss_in
+    def make_loop() -> VirtualEventLoop:
+        loop = VirtualEventLoop(start)
+        loop.set_exception_handler(failed)
+        return loop
 
-    def _subnet(self, ip: str) -> str:
-        return ".".join(ip.split(".")[: self._octets])
-
-    def _route(self, src: FakeNode, data: bytes, to: Address | None) -> None:
-        if to is None:
-            for ip in src.ips:
-                source = (ip, 50000 + src.index)
-                for dst in self._subnets.get(self._subnet(ip), ()):
-                    if dst.up:
-                        self._deliver(src, dst, data, source)
-            return
-        target = self._by_addr.get(to)
-        if target is None:
-            self.dropped += 1
-            return
-        subnet = self._subnet(to[0])
-        src_ip = next((ip for ip in src.ips if self._subnet(ip) == subnet), src.ips[0])
-        self._deliver(src, target, data, (src_ip, src.core.uport))
-
-    def _deliver(self, src: FakeNode, dst: FakeNode, data: bytes, source: Address) -> None:
-        copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
-        for _ in range(copies):
-            if src is not dst and self._lost(src, dst):
-                self.dropped += 1
-                continue
-            when = self.now + self.rng.uniform(*self.delay)
-
-            def arrive(dst: FakeNode = dst, source: Address = source) -> None:
-                if dst.up:
-                    self.delivered += 1
-                    dst.core.receive_datagram(data, source, self.now)
-                    self._service(dst)
-
-            self._schedule(when, arrive)
+    try:
+        with asyncio.Runner(loop_factory=make_loop) as runner:
+            result = runner.run(main)
+    except BaseException:
+        if errors:
+            raise errors[0] from None
+        raise
+    if errors:
+        raise errors[0]
+    return result

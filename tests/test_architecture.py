@@ -12,7 +12,7 @@ import pytest
 import lanchat
 
 PACKAGE = Path(lanchat.__file__).parent
-CORE = ["codec.py", "config.py", "core.py", "events.py", "membership.py", "errors.py", "testing.py"]
+CORE = ["codec.py", "config.py", "core.py", "events.py", "membership.py", "errors.py", "fakelan.py"]
 BANNED = {"socket", "asyncio", "time", "netifaces", "click", "select", "selectors", "os"}
 
 

@@ -1,8 +1,9 @@
 """NodeCore on the seeded in-memory LAN, in virtual time: nothing here sleeps.
 
-`Lan` is `lanchat.testing.FakeLan` plus what the tests read: the time of every
-event and every datagram each node sent (decoded). It also fails any test in
-which a core's timer stops moving on (which would hang the FakeLan).
+`Lan` is `lanchat.testing.FakeLan` plus `sent_by`, the datagrams one node sent
+(from the LAN's `sent` log, decoded). The LAN records the time of every event
+(`node.times`) and raises `TimerStuck` in any test in which a core's timer stops
+moving on (which would hang it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -23,7 +23,7 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.core import Address, Identity, NodeCore, SeqWindow
 from lanchat.errors import ClosedError, PeerError
-from lanchat.testing import FakeLan, FakeNode
+from lanchat.testing import FakeLan, FakeNode, Sent
 
 # ------------------------------------------------------------------ helpers
 
@@ -35,88 +35,23 @@ def decoded(data: bytes) -> codec.Message | None:
         return None
 
 
-@dataclass(frozen=True)
-class Sent:
-    """One datagram a node handed to the LAN."""
-
-    time: float
-    to: Address | None
-    data: bytes
-    msg: codec.Message | None
-
-
-class TimedEvents(list[Any]):
-    """A node's event list that also remembers when each event was emitted."""
-
-    def __init__(self, lan: FakeLan) -> None:
-        super().__init__()
-        self.lan = lan
-        self.times: list[float] = []
-
-    def append(self, event: Any) -> None:
-        super().append(event)
-        self.times.append(self.lan.now)
-
-
-class TimerSpin(AssertionError):
-    """handle_timer(now) left get_timer() at or before now: a driver would spin."""
-
-
 class Lan(FakeLan):
-    """FakeLan that timestamps events, records sent datagrams and fails on a timer spin.
-
-    A spin is handle_timer(now) leaving get_timer() at or before now: a driver
-    would call it again at the same instant forever (FakeLan would hang).
-    """
-
-    def __init__(self, seed: int = 0, **kw: Any) -> None:
-        super().__init__(seed, **kw)
-        self.sent: dict[int, list[Sent]] = {}
-
-    def add_node(self, nick: str, *, start: bool = True, **kw: Any) -> FakeNode:
-        node = super().add_node(nick, start=False, **kw)
-        events = TimedEvents(self)
-        events.extend(node.events)
-        node.events = events
-        self._tap(node)
-        if start:
-            self.call(node, lambda core, now: core.start(now))
-        return node
-
-    def _tap(self, node: FakeNode) -> None:
-        core = node.core
-        log = self.sent.setdefault(id(core), [])
-        take = core.datagrams_to_send
-        handle = core.handle_timer
-
-        def datagrams_to_send() -> list[Any]:
-            out = take()
-            if node.up:
-                log.extend(Sent(self.now, d.to, d.data, decoded(d.data)) for d in out)
-            return out
-
-        def handle_timer(now: float) -> None:
-            handle(now)
-            timer = core.get_timer()
-            if timer is not None and timer <= now:
-                raise TimerSpin(f"{node.name}: timer {timer!r} <= now {now!r}")
-
-        core.datagrams_to_send = datagrams_to_send  # type: ignore[method-assign]
-        core.handle_timer = handle_timer  # type: ignore[method-assign]
+    """FakeLan with a per-node view of its sent log."""
 
     def sent_by(self, node: FakeNode, kind: type[Any] | None = None) -> list[Sent]:
-        log = self.sent[id(node.core)]
-        return [s for s in log if kind is None or isinstance(s.msg, kind)]
+        """What `node` sent (its current instance), optionally only messages of `kind`."""
+        return [
+            s for s in self.sent if s.sender is node and (kind is None or isinstance(s.msg, kind))
+        ]
 
 
 def times(
     node: FakeNode, kind: type[Any], where: Callable[[Any], bool] | None = None
 ) -> list[float]:
     """When `node` emitted events of `kind` (matching `where`)."""
-    assert isinstance(node.events, TimedEvents)
     return [
         t
-        for e, t in zip(node.events, node.events.times, strict=True)
+        for e, t in zip(node.events, node.times, strict=True)
         if isinstance(e, kind) and (where is None or where(e))
     ]
 
@@ -485,7 +420,7 @@ def test_handle_timer_moves_the_timer_on_even_when_a_deadline_rounds_down() -> N
 
 
 def test_lossy_lan_never_spins_the_timer() -> None:
-    lan = Lan(19, loss=0.2)  # Lan raises TimerSpin at the first stuck timer
+    lan = Lan(19, loss=0.2)  # the LAN raises TimerStuck at the first stuck timer
     nodes = mesh(lan, 10)
     lan.run(120)
     assert all_know(nodes)

@@ -14,6 +14,7 @@ from lanchat import codec
 from lanchat import config as cfg
 from lanchat.config import NodeConfig
 from lanchat.core import Datagram, Identity, NodeCore
+from lanchat.testing import run_timers
 from tests.script_loader import load_script
 
 
@@ -30,11 +31,7 @@ def _core(seed: int = 1) -> NodeCore:
 
 def _run_datagrams(core: NodeCore, until: float) -> list[Datagram]:
     """Handle every timer due until `until`; the datagrams sent meanwhile."""
-    sent: list[Datagram] = []
-    while (timer := core.get_timer()) is not None and timer <= until:
-        core.handle_timer(timer)
-        sent += core.datagrams_to_send()
-    return sent
+    return [d for _, d in run_timers(core, until)]
 
 
 def _run(core: NodeCore, until: float) -> list[codec.Message]:

@@ -366,7 +366,9 @@ def test_node_leaves_and_rejoins_its_only_interface(
             assert gone == ev.InterfacesChanged((), (lo_address,), ())
             assert a.choice.used == () and a._senders == {}
             with pytest.raises(OSError):  # really left: the kernel has no membership to drop
-                a._membership(InterfaceAddress("lo", lo.ipv4[0].address, lo.index), join=False)
+                a._transport._membership(
+                    InterfaceAddress("lo", lo.ipv4[0].address, lo.index), join=False
+                )
             await a.say("lobby", "into the void")  # nothing to send on: no error either
             assert await a.refresh_interfaces() is None  # still nothing: no new event
             read.infos = None

@@ -6,7 +6,7 @@ import pytest
 
 from lanchat import codec, pairing
 from lanchat import events as ev
-from lanchat.testing import FakeLan, FakeNode
+from lanchat.testing import FakeLan, FakeNode, Sent, Station
 
 STEP = 0.05
 
@@ -217,13 +217,13 @@ def test_lost_confirms_abort_the_pair_and_both_look_on() -> None:
     dropping = True
     original = lan._deliver
 
-    def deliver(src: FakeNode, dst: FakeNode, data: bytes, source: tuple[str, int]) -> None:
+    def deliver(sent: Sent, dst: Station, source: tuple[str, int]) -> None:
         nonlocal confirms
-        msg = codec.decode(data)
+        msg = sent.msg
         if isinstance(msg, codec.Pair) and msg.step == codec.PAIR_CONFIRM and dropping:
             confirms += 1
             return  # the proposer's Confirms never arrive
-        original(src, dst, data, source)
+        original(sent, dst, source)
 
     lan._deliver = deliver  # type: ignore[method-assign]
     for node in (low, high):

@@ -25,7 +25,7 @@ from lanchat import events as ev
 from lanchat.codec import Gone, Nack
 from lanchat.core import Address, Identity, NodeCore
 from lanchat.errors import ConfigError
-from lanchat.testing import FakeLan, FakeNode
+from lanchat.testing import FakeLan, FakeNode, run_timers
 from tests.script_loader import load_script
 from tests.test_codec import REASONS as CODEC_REASONS
 from tests.test_core import Lan, addr, decoded, pid, times
@@ -121,12 +121,8 @@ def lone_core() -> NodeCore:
 
 
 def drive(core: NodeCore, until: float) -> list[tuple[float, codec.Message | None]]:
-    """Run a lone core's timers up to `until`; what it sent, with times."""
-    out = [(-1.0, decoded(d.data)) for d in core.datagrams_to_send()]
-    while (when := core.get_timer()) is not None and when <= until:
-        core.handle_timer(when)
-        out += [(when, decoded(d.data)) for d in core.datagrams_to_send()]
-    return out
+    """Run a lone core's timers up to `until`; what it sent, with times (-1: queued before)."""
+    return [(-1.0 if t is None else t, decoded(d.data)) for t, d in run_timers(core, until)]
 
 
 def lost_events(node: FakeNode) -> list[tuple[int, int, int]]:
