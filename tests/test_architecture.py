@@ -10,7 +10,11 @@ import pytest
 import lanchat
 
 PACKAGE = Path(lanchat.__file__).parent
-CORE = ["codec.py", "config.py", "core.py", "events.py", "membership.py", "errors.py", "testing.py"]
+CORE = [
+    "codec.py", "config.py", "core.py", "events.py", "membership.py", "errors.py", "testing.py",
+    "part.py", "stats.py", "dedup.py", "heartbeat.py", "delivery.py", "reports.py", "repair.py",
+    "catchup.py",
+]  # fmt: skip
 BANNED = {"socket", "asyncio", "time", "netifaces", "click", "select", "selectors", "os"}
 
 
