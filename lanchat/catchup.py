@@ -8,9 +8,8 @@ the answers, ask again if none came, and hand out the lines once.
 
 from __future__ import annotations
 
-import random
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -18,9 +17,7 @@ from lanchat import codec
 from lanchat import events as ev
 from lanchat.dedup import SeqWindows
 from lanchat.errors import ConfigError
-from lanchat.part import Part
-from lanchat.repair import Bucket
-from lanchat.stats import Stats
+from lanchat.part import Bucket, Context, Part, bucket_for
 
 # Each room's last 50 chat lines of the last hour are kept to answer late joiners:
 # a screenful and a meeting's worth, and at most ~55 KB per room of worst-case lines.
@@ -116,24 +113,9 @@ class _OwnRecall:
 class Catchup(Part):
     """One node's catch-up: kept rooms, answers due, its own requests, the answer budgets."""
 
-    def __init__(
-        self,
-        peer_id: bytes,
-        instance: int,
-        *,
-        member: bool,
-        stream_windows: SeqWindows,
-        stats: Stats,
-        rng: random.Random,
-        order: Iterator[int],
-    ) -> None:
-        super().__init__(order)
-        self._id = peer_id
-        self._inst = instance
-        self._member = member
+    def __init__(self, context: Context, *, stream_windows: SeqWindows) -> None:
+        super().__init__(context)
         self._stream_windows = stream_windows  # the core's: a recalled line shown live is not
-        self._stats = stats
-        self._rng = rng
         self.leaving = False  # saying goodbye: no answers, no repeated requests
         self._rings: OrderedDict[str, _Ring] = OrderedDict()
         self._recall_answers: dict[int, _RecallAnswer] = {}  # by the Recall's nonce
@@ -233,12 +215,13 @@ class Catchup(Part):
             codec.encode(part)
             for part in codec.split_recount(self._id, self._inst, nonce, pending.room, entries)
         ]
-        source = self._recall_sources.get(pending.source)
-        if source is None:
-            source = self._recall_sources[pending.source] = Bucket(_RECALL_BYTES_PER_SOURCE, now)
-            if len(self._recall_sources) > _MAX_RECALL_SOURCES:
-                self._recall_sources.popitem(last=False)
-        self._recall_sources.move_to_end(pending.source)
+        source = bucket_for(
+            self._recall_sources,
+            pending.source,
+            _RECALL_BYTES_PER_SOURCE,
+            now,
+            limit=_MAX_RECALL_SOURCES,
+        )
         per_second = 1 / _RECALL_REFILL_PERIOD
         allowance = min(
             _RECALL_ANSWER_BYTES,

@@ -33,7 +33,7 @@ from lanchat.errors import ClosedError, ConfigError, PeerError
 from lanchat.heartbeat import Heartbeat
 from lanchat.membership import Membership, PeerRecord, Timeouts
 from lanchat.pairing import PAIRED, Pairing
-from lanchat.part import Address, Answer, Datagram, Part
+from lanchat.part import Address, Answer, Context, Datagram, Part
 from lanchat.repair import Repair
 from lanchat.reports import UnauthenticatedReports
 from lanchat.seal import KeyRing, Opener, Sealer
@@ -119,26 +119,17 @@ class NodeCore:
         self._growth = codec.seal_growth(identity.instance) if keys else 0
         self._opener = Opener(keys) if keys else None
         # The parts: timers due at one instant fire in booking order across them all.
-        order = itertools.count()
-        peer_id, instance, member = identity.peer_id, identity.instance, config.member
-        self._heartbeat = Heartbeat(
-            peer_id, instance, uport=self.uport, minimum=interval, members=self.members,
-            stats=self.stats, rng=rng, order=order, beat=self._beat,
+        context = Context(
+            identity.peer_id, identity.instance, config.member, self.members, self.stats, rng,
+            itertools.count(),
         )  # fmt: skip
-        self._delivery = Delivery(
-            peer_id, instance, member=member, members=self.members, stats=self.stats, order=order
-        )
-        self._reports = UnauthenticatedReports(order)
-        self._repair = Repair(
-            peer_id, instance, member=member, members=self.members, stats=self.stats, rng=rng,
-            order=order, group_interval=self.heartbeat_interval,
-        )  # fmt: skip
-        self._catchup = Catchup(
-            peer_id, instance, member=member, stream_windows=self._stream_windows,
-            stats=self.stats, rng=rng, order=order,
-        )  # fmt: skip
-        self._pairing = Pairing(peer_id, instance, self.members, rng)
-        self._pair_timers = Part(order)  # Pairing hands out (when, token) for on_timer
+        self._heartbeat = Heartbeat(context, uport=self.uport, minimum=interval, beat=self._beat)
+        self._delivery = Delivery(context)
+        self._reports = UnauthenticatedReports(context)
+        self._repair = Repair(context, group_interval=self.heartbeat_interval)
+        self._catchup = Catchup(context, stream_windows=self._stream_windows)
+        self._pairing = Pairing(identity.peer_id, identity.instance, self.members, rng)
+        self._pair_timers = Part(context)  # Pairing hands out (when, token) for on_timer
         self._parts: tuple[Part, ...] = (
             self._heartbeat, self._delivery, self._reports, self._repair, self._catchup,
             self._pair_timers,

@@ -8,7 +8,6 @@ their peer, retried at cfg.DIRECT_DELAYS until acknowledged or given up
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -17,9 +16,7 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.dedup import SeqWindows
 from lanchat.errors import ConfigError
-from lanchat.membership import Membership
-from lanchat.part import Address, Answer, Datagram, Part
-from lanchat.stats import Stats
+from lanchat.part import Address, Answer, Context, Datagram, Part
 
 # Direct messages and notices in flight from this node (local use): a bound
 # keeps a runaway script from growing memory without limit.
@@ -45,25 +42,11 @@ class _PendingNotice:
 class Delivery(Part):
     """Notices and direct messages in flight from this node, and the acks for others'."""
 
-    def __init__(
-        self,
-        peer_id: bytes,
-        instance: int,
-        *,
-        member: bool,
-        members: Membership,
-        stats: Stats,
-        order: Iterator[int],
-    ) -> None:
-        super().__init__(order)
-        self._id = peer_id
-        self._inst = instance
-        self._member = member
-        self._members = members
-        self._stats = stats
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self._directs: dict[int, _PendingDirect] = {}
         self._notices: dict[int, _PendingNotice] = {}
-        self._direct_windows = SeqWindows(stats)
+        self._direct_windows = SeqWindows(self._stats)
 
     # Sending side.
 

@@ -10,17 +10,13 @@ our answers to others' Queries, spread and rate-limited) and the goodbye Byes.
 from __future__ import annotations
 
 import itertools
-import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
 from lanchat import codec
 from lanchat import config as cfg
-from lanchat.membership import Membership
-from lanchat.part import Address, Answer, Datagram, Part
-from lanchat.repair import Bucket
-from lanchat.stats import Stats
+from lanchat.part import Address, Answer, Bucket, Context, Datagram, Part
 
 # Queriers remembered for the answer rate limit (one entry per ip:port).
 _MAX_QUERIERS: Final = 1024
@@ -32,26 +28,11 @@ class Heartbeat(Part):
     """This node's Beats, Queries, answers to Queries and Byes."""
 
     def __init__(
-        self,
-        peer_id: bytes,
-        instance: int,
-        *,
-        uport: int,
-        minimum: float,
-        members: Membership,
-        stats: Stats,
-        rng: random.Random,
-        order: Iterator[int],
-        beat: Callable[[], bytes],
+        self, context: Context, *, uport: int, minimum: float, beat: Callable[[], bytes]
     ) -> None:
-        super().__init__(order)
-        self._id = peer_id
-        self._inst = instance
+        super().__init__(context)
         self._uport = uport
         self._minimum = minimum  # the configured heartbeat interval
-        self._members = members
-        self._stats = stats
-        self._rng = rng
         self._beat = beat  # our Beat as it is now, encoded (the core knows its fields)
         # Heartbeat schedule (RFC 3550 section 6.3; PROTOCOL.md section 3.1):
         # the next Beat, whether it is a regular one (reconsidered when due) or

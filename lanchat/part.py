@@ -9,10 +9,15 @@ queued with `take_out()` and `take_events()`, as it does with pairing.py's.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lanchat import events as ev
+from lanchat.membership import Membership
+from lanchat.stats import Stats
 
 Address = tuple[str, int]
 
@@ -31,6 +36,50 @@ class Answer:
 
     data: bytes
     to: Address
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the parts of one node's core share."""
+
+    peer_id: bytes
+    instance: int
+    member: bool  # a member node (seen by others), not a one-shot tool
+    members: Membership
+    stats: Stats
+    rng: random.Random
+    order: Iterator[int]  # books timers: one counter for all parts
+
+
+class Bucket:
+    """A token bucket, refilled in virtual time."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, size: float, now: float) -> None:
+        self.tokens = size
+        self.stamp = now
+
+    def refill(self, size: float, rate: float, now: float) -> float:
+        self.tokens = min(size, self.tokens + max(0.0, now - self.stamp) * rate)
+        self.stamp = now
+        return self.tokens
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def bucket_for(
+    table: OrderedDict[K, Bucket], key: K, size: float, now: float, *, limit: int
+) -> Bucket:
+    """The key's bucket (a full one if new), most recently used; past `limit` the oldest go."""
+    bucket = table.get(key)
+    if bucket is None:
+        bucket = table[key] = Bucket(size, now)
+        if len(table) > limit:
+            table.popitem(last=False)
+    table.move_to_end(key)
+    return bucket
 
 
 # A timer's action: a method of the part that booked it, called with its key and now.
@@ -79,8 +128,14 @@ class Timers:
 class Part:
     """A part of the core: datagrams and events queued for the core, and its timers."""
 
-    def __init__(self, order: Iterator[int]) -> None:
-        self.timers = Timers(order)
+    def __init__(self, context: Context) -> None:
+        self.timers = Timers(context.order)
+        self._id = context.peer_id
+        self._inst = context.instance
+        self._member = context.member
+        self._members = context.members
+        self._stats = context.stats
+        self._rng = context.rng
         self._out: list[Datagram | Answer] = []
         self._events: list[ev.Event] = []
 

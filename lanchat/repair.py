@@ -10,9 +10,8 @@ cfg.REPAIR_WAITS and report what will not come as MessagesLost.
 from __future__ import annotations
 
 import math
-import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -20,9 +19,7 @@ from lanchat import codec
 from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.dedup import DEDUP_WINDOW, MAX_SENDERS
-from lanchat.membership import Membership
-from lanchat.part import Part
-from lanchat.stats import Stats
+from lanchat.part import Bucket, Context, Part, bucket_for
 
 # Own stream datagrams kept for repair: the receivers' dedup window, beyond which
 # a repair would be dropped anyway (at most ~1.1 MB of worst-case chat). Their
@@ -51,21 +48,6 @@ _REPAIR_RATE: Final = 256.0
 _MAX_REQUESTERS: Final = 1024
 
 StreamKey = tuple[bytes, int]  # (sender, instance)
-
-
-class Bucket:
-    """A token bucket, refilled in virtual time."""
-
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, size: float, now: float) -> None:
-        self.tokens = size
-        self.stamp = now
-
-    def refill(self, size: float, rate: float, now: float) -> float:
-        self.tokens = min(size, self.tokens + max(0.0, now - self.stamp) * rate)
-        self.stamp = now
-        return self.tokens
 
 
 @dataclass(slots=True)
@@ -104,25 +86,8 @@ class _Stream:
 class Repair(Part):
     """One node's loss repair: its kept datagrams, the holes in others' streams, the budgets."""
 
-    def __init__(
-        self,
-        peer_id: bytes,
-        instance: int,
-        *,
-        member: bool,
-        members: Membership,
-        stats: Stats,
-        rng: random.Random,
-        order: Iterator[int],
-        group_interval: Callable[[], float],
-    ) -> None:
-        super().__init__(order)
-        self._id = peer_id
-        self._inst = instance
-        self._member = member
-        self._members = members
-        self._stats = stats
-        self._rng = rng
+    def __init__(self, context: Context, *, group_interval: Callable[[], float]) -> None:
+        super().__init__(context)
         self._group_interval = group_interval  # the core's heartbeat_interval()
         self.leaving = False  # saying goodbye: no more questions
         # Our kept datagrams (kept[0] has seq _kept_first), what we miss of others'
@@ -172,12 +137,9 @@ class Repair(Part):
         if rec is None or rec.instance != msg.instance:
             self._stats.unexpected += 1  # a stranger's Nack never makes us send anything
             return
-        bucket = self._requesters.get(msg.sender)
-        if bucket is None:
-            bucket = self._requesters[msg.sender] = Bucket(_REPAIR_BURST_PER_PEER, now)
-            if len(self._requesters) > _MAX_REQUESTERS:
-                self._requesters.popitem(last=False)
-        self._requesters.move_to_end(msg.sender)
+        bucket = bucket_for(
+            self._requesters, msg.sender, _REPAIR_BURST_PER_PEER, now, limit=_MAX_REQUESTERS
+        )
         allowance = min(
             _MAX_REPAIRS_PER_NACK,
             bucket.refill(_REPAIR_BURST_PER_PEER, _REPAIR_RATE_PER_PEER, now),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
 from lanchat import events as ev
-from lanchat.part import Part
+from lanchat.part import Context, Part
 
 # Drops that mean "someone here uses another key (or none)": reported to the user.
 _UNAUTHENTICATED: Final = {
@@ -33,8 +32,8 @@ class _Tally:
 class UnauthenticatedReports(Part):
     """Count key-mismatch drops per (source IP, why): reported at once, then every 10 s."""
 
-    def __init__(self, order: Iterator[int]) -> None:
-        super().__init__(order)
+    def __init__(self, context: Context) -> None:
+        super().__init__(context)
         self._unauth: dict[tuple[str, str], _Tally] = {}
 
     def __len__(self) -> int:
