@@ -12,7 +12,7 @@ from typing import Any, Final
 import msgpack
 
 from lanchat.errors import ConfigError
-from lanchat.seal import Opener, OpenError, Sealer
+from lanchat.seal import SEALED_HEADER, TAG_BYTES, Opener, OpenError, Sealer
 
 MAGIC: Final = b"LC"
 VERSION: Final = 1
@@ -390,19 +390,22 @@ def _bad(reason: str) -> DecodeError:
     return DecodeError(reason)
 
 
-def _u(value: object, bits: int = 64, low: int = 0) -> int:
+def _uint(value: object, bits: int = 64, low: int = 0) -> int:
+    """An int in [low, 2**bits), or DecodeError."""
     if type(value) is not int or not low <= value < 2**bits:
         raise _bad("bad integer")
     return value
 
 
-def _id(value: object) -> bytes:
+def _peer_id(value: object) -> bytes:
+    """An 8-byte peer id, or DecodeError."""
     if type(value) is not bytes or len(value) != ID_BYTES:
         raise _bad("bad peer id")
     return value
 
 
-def _s(value: object, max_bytes: int, *, words: bool) -> str:
+def _text_field(value: object, max_bytes: int, *, words: bool) -> str:
+    """A str within max_bytes that passes the text checks (words: a name), or DecodeError."""
     if type(value) is not str or _text_ok(value, max_bytes, "field", words=words):
         raise _bad("bad string")
     return value
@@ -411,7 +414,7 @@ def _s(value: object, max_bytes: int, *, words: bool) -> str:
 def _interval(value: object) -> int:
     # An hour at most (NodeConfig's own limit): timeouts scale with it, so a larger
     # value would let one datagram keep a ghost listed for months.
-    interval = _u(value, 32, low=1)
+    interval = _uint(value, 32, low=1)
     if interval > MAX_INTERVAL_MS:
         raise _bad("bad interval")
     return interval
@@ -426,7 +429,7 @@ def _ranges(value: object) -> Ranges:
     for pair in value:
         if type(pair) is not list or len(pair) != 2:
             raise _bad("malformed")
-        first, last = _u(pair[0], low=1), _u(pair[1], low=1)
+        first, last = _uint(pair[0], low=1), _uint(pair[1], low=1)
         if not previous < first <= last:
             raise _bad("malformed")  # ascending and disjoint, or a peer could make us loop
         previous = last
@@ -435,7 +438,7 @@ def _ranges(value: object) -> Ranges:
 
 
 def _port(value: object) -> int:
-    return _u(value, 16, low=1)
+    return _uint(value, 16, low=1)
 
 
 def _unpack(payload: bytes) -> Any:
@@ -474,13 +477,37 @@ def _body(data: bytes, opener: Opener | None) -> list[Any]:
     return body
 
 
+# Sealing moves sender (10 bytes as msgpack) and instance out of the body into
+# a 28-byte header and adds a 16-byte tag: a keyed node's datagram grows by
+# SEAL_GROWTH minus its instance's msgpack size (21 bytes for a real node).
+SEAL_GROWTH: Final = SEALED_HEADER + TAG_BYTES - len(HEADER) - 2 - ID_BYTES
+# Where a plain datagram made by `encode` holds its sender id: header (4),
+# array header, type, then bin8 of length 8. A sealed one holds it at 6..14.
+_PLAIN_ID_TAG: Final = b"\xc4\x08"
+
+
+def seal_growth(instance: int) -> int:
+    """How many bytes sealing adds to each datagram of this node instance."""
+    return SEAL_GROWTH - len(msgpack.packb(instance))
+
+
+def peek_sender(data: bytes) -> bytes | None:
+    """The sender id of a datagram, read without decoding (None if not where encode puts it)."""
+    if len(data) < 16 or data[:2] != MAGIC:
+        return None
+    if data[3] & FLAG_SEALED:
+        return data[6:14]
+    return data[8:16] if data[6:8] == _PLAIN_ID_TAG else None
+
+
 def seal(data: bytes, sealer: Sealer) -> bytes:
     """Seal a plain datagram made by `encode` (its sender and instance move to the header)."""
     body = msgpack.unpackb(data[len(HEADER) :], raw=False)
     return sealer.seal(msgpack.packb([body[0], *body[3:]], use_bin_type=True))
 
 
-def _n(body: list[Any], count: int) -> None:
+def _require_fields(body: list[Any], count: int) -> None:
+    """DecodeError unless the body has at least `count` fields."""
     # Later minor revisions may append fields: accept and ignore extras.
     if len(body) < count:
         raise _bad("missing fields")
@@ -495,11 +522,11 @@ def decode(data: bytes, opener: Opener | None = None) -> Message:
     kind = body[0]
     if type(kind) is not int:
         raise _bad("unknown type")
-    sender = _id(body[1])
-    instance = _u(body[2])
+    sender = _peer_id(body[1])
+    instance = _uint(body[2])
     if kind == T_BEAT:
-        _n(body, 11)
-        status = _u(body[6], 8)
+        _require_fields(body, 11)
+        status = _uint(body[6], 8)
         if status >= len(_STATUSES):
             raise _bad("bad status")
         rooms = body[8]
@@ -508,19 +535,19 @@ def decode(data: bytes, opener: Opener | None = None) -> Message:
         return Beat(
             sender,
             instance,
-            _s(body[3], MAX_NICK_BYTES, words=True),
-            _s(body[4], MAX_HOST_BYTES, words=False),
+            _text_field(body[3], MAX_NICK_BYTES, words=True),
+            _text_field(body[4], MAX_HOST_BYTES, words=False),
             _port(body[5]),
             _STATUSES[status],
-            _s(body[7], MAX_STATUS_BYTES, words=False),
-            tuple(_s(r, MAX_ROOM_BYTES, words=True) for r in rooms),
-            _u(body[9]),
+            _text_field(body[7], MAX_STATUS_BYTES, words=False),
+            tuple(_text_field(r, MAX_ROOM_BYTES, words=True) for r in rooms),
+            _uint(body[9]),
             _interval(body[10]),
         )
     if kind == T_QUERY:
         if len(data) < QUERY_SIZE:
             raise _bad("short query")  # unpadded: answering it would amplify
-        _n(body, 6)
+        _require_fields(body, 6)
         known = body[4]
         if type(known) is not bytes or len(known) % KNOWN_PREFIX or len(known) > KNOWN_BYTES:
             raise _bad("bad known list")
@@ -529,71 +556,71 @@ def decode(data: bytes, opener: Opener | None = None) -> Message:
     if kind == T_BYE:
         return Bye(sender, instance)
     if kind == T_CHAT:
-        _n(body, 7)
+        _require_fields(body, 7)
         return Chat(
             sender,
             instance,
-            _u(body[3], low=1),
-            _s(body[4], MAX_NICK_BYTES, words=True),
-            _s(body[5], MAX_ROOM_BYTES, words=True),
-            _s(body[6], MAX_TEXT_BYTES, words=False),
+            _uint(body[3], low=1),
+            _text_field(body[4], MAX_NICK_BYTES, words=True),
+            _text_field(body[5], MAX_ROOM_BYTES, words=True),
+            _text_field(body[6], MAX_TEXT_BYTES, words=False),
         )
     if kind == T_NOTICE:
-        _n(body, 7)
+        _require_fields(body, 7)
         return Notice(
             sender,
             instance,
-            _u(body[3], low=1),
-            _s(body[4], MAX_NICK_BYTES, words=True),
-            _s(body[5], MAX_TEXT_BYTES, words=False),
+            _uint(body[3], low=1),
+            _text_field(body[4], MAX_NICK_BYTES, words=True),
+            _text_field(body[5], MAX_TEXT_BYTES, words=False),
             _port(body[6]),
         )
     if kind == T_DIRECT:
-        _n(body, 6)
+        _require_fields(body, 6)
         return Direct(
             sender,
             instance,
-            _u(body[3], low=1),
-            _s(body[4], MAX_NICK_BYTES, words=True),
-            _s(body[5], MAX_TEXT_BYTES, words=False),
+            _uint(body[3], low=1),
+            _text_field(body[4], MAX_NICK_BYTES, words=True),
+            _text_field(body[5], MAX_TEXT_BYTES, words=False),
         )
     if kind == T_ACK:
-        _n(body, 6)
-        ack_kind = _u(body[3], 8)
+        _require_fields(body, 6)
+        ack_kind = _uint(body[3], 8)
         if ack_kind not in (T_NOTICE, T_DIRECT):
             raise _bad("bad ack kind")
-        return Ack(sender, instance, ack_kind, _u(body[4], low=1), _u(body[5]))
+        return Ack(sender, instance, ack_kind, _uint(body[4], low=1), _uint(body[5]))
     if kind == T_PING:
-        _n(body, 4)
-        return Ping(sender, instance, _u(body[3]))
+        _require_fields(body, 4)
+        return Ping(sender, instance, _uint(body[3]))
     if kind == T_PONG:
-        _n(body, 4)
-        return Pong(sender, instance, _u(body[3]))
+        _require_fields(body, 4)
+        return Pong(sender, instance, _uint(body[3]))
     if kind == T_NACK:
-        _n(body, 6)
-        return Nack(sender, instance, _id(body[3]), _u(body[4]), _ranges(body[5]))
+        _require_fields(body, 6)
+        return Nack(sender, instance, _peer_id(body[3]), _uint(body[4]), _ranges(body[5]))
     if kind == T_GONE:
-        _n(body, 4)
+        _require_fields(body, 4)
         return Gone(sender, instance, _ranges(body[3]))
     if kind == T_RECALL:
         return _decode_recall(data, body, sender, instance)
     if kind == T_RECOUNT:
         return _decode_recount(body, sender, instance)
     if kind == T_SEEK:
-        _n(body, 4)
-        return Seek(sender, instance, _u(body[3], low=1))
+        _require_fields(body, 4)
+        return Seek(sender, instance, _uint(body[3], low=1))
     if kind == T_PAIR:
-        _n(body, 6)
-        step = _u(body[3], 8)
+        _require_fields(body, 6)
+        step = _uint(body[3], 8)
         if step > PAIR_WITHDRAW:
             raise _bad("malformed")
-        return Pair(sender, instance, step, _u(body[4], low=1), _u(body[5], low=1))
+        return Pair(sender, instance, step, _uint(body[4], low=1), _uint(body[5], low=1))
     if kind == T_UNPAIR:
-        _n(body, 6)
-        unpair_kind = _u(body[5], 8)
+        _require_fields(body, 6)
+        unpair_kind = _uint(body[5], 8)
         if unpair_kind > UNPAIR_ABORT:
             raise _bad("malformed")
-        return Unpair(sender, instance, _id(body[3]), _u(body[4], low=1), unpair_kind)
+        return Unpair(sender, instance, _peer_id(body[3]), _uint(body[4], low=1), unpair_kind)
     raise _bad("unknown type")
 
 
@@ -693,19 +720,19 @@ def split_recount(
 def _decode_recall(data: bytes, body: list[Any], sender: bytes, instance: int) -> Recall:
     if len(data) < RECALL_SIZE:
         raise _bad("short recall")  # unpadded: answering it would amplify
-    _n(body, 8)
+    _require_fields(body, 8)
     return Recall(
         sender,
         instance,
-        _s(body[3], MAX_ROOM_BYTES, words=True),
-        _u(body[4], 32, low=1),
-        _u(body[5], 8, low=1),
-        _u(body[6]),
+        _text_field(body[3], MAX_ROOM_BYTES, words=True),
+        _uint(body[4], 32, low=1),
+        _uint(body[5], 8, low=1),
+        _uint(body[6]),
     )
 
 
 def _decode_recount(body: list[Any], sender: bytes, instance: int) -> Recount:
-    _n(body, 6)
+    _require_fields(body, 6)
     raw = body[5]
     if type(raw) is not list or not 1 <= len(raw) <= MAX_RECOUNT_ENTRIES:
         raise _bad("malformed")
@@ -715,17 +742,16 @@ def _decode_recount(body: list[Any], sender: bytes, instance: int) -> Recount:
             raise _bad("malformed")
         entries.append(
             RecountEntry(
-                _id(item[0]),
-                _u(item[1]),
-                _u(item[2], low=1),
-                _s(item[3], MAX_NICK_BYTES, words=True),
-                _u(item[4], 32),
-                _s(item[5], MAX_TEXT_BYTES, words=False),
+                _peer_id(item[0]),
+                _uint(item[1]),
+                _uint(item[2], low=1),
+                _text_field(item[3], MAX_NICK_BYTES, words=True),
+                _uint(item[4], 32),
+                _text_field(item[5], MAX_TEXT_BYTES, words=False),
             )
         )
-    return Recount(
-        sender, instance, _u(body[3]), _s(body[4], MAX_ROOM_BYTES, words=True), tuple(entries)
-    )
+    room = _text_field(body[4], MAX_ROOM_BYTES, words=True)
+    return Recount(sender, instance, _uint(body[3]), room, tuple(entries))
 
 
 Message = (

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+# How a known peer stands: heard within its timeout, or silent past it (PROTOCOL.md 5).
+PeerState = Literal["alive", "unreachable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +23,7 @@ class PeerInfo:
     rooms: tuple[str, ...]
     status: str  # "online" or "away"
     status_text: str
-    state: str  # "alive" or "unreachable"
+    state: PeerState
     last_heard: float  # core time (monotonic seconds) of the last datagram from it
     heartbeat_interval: float
 

@@ -131,7 +131,7 @@ class PeerRecord:
     rooms: tuple[str, ...]
     last_seq: int
     interval: float
-    state: str = ALIVE
+    state: ev.PeerState = ALIVE
     last_heard: float = 0.0
     next_ping: float = 0.0
     pings: int = 0  # pings sent since last heard
@@ -200,7 +200,7 @@ class Membership:
         if new == GONE:
             del self._peers[rec.peer_id]
         else:
-            rec.state = new
+            rec.state = ALIVE if new == ALIVE else UNREACHABLE
         return new
 
     def on_beat(self, beat: Beat, ip: str, now: float) -> list[ev.Event]:

@@ -43,7 +43,9 @@ from __future__ import annotations
 import itertools
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from lanchat import codec
@@ -152,7 +154,7 @@ class Pairing:
         self._gen = 0  # bumped on every handshake change: stale timers do nothing
         self._seekers: OrderedDict[bytes, _Seeker] = OrderedDict()
         self._unpairs: dict[tuple[bytes, int], _Unpairing] = {}
-        self._timer_jobs: dict[int, tuple[str, int, tuple[bytes, int] | None]] = {}
+        self._timer_jobs: dict[int, Callable[[float], None]] = {}  # token -> what to do
         self._token = 0
         self._out: list[Outgoing] = []
         self._events: list[ev.Event] = []
@@ -327,28 +329,14 @@ class Pairing:
 
     def on_timer(self, token: int, now: float) -> None:
         job = self._timer_jobs.pop(token, None)
-        if job is None:
-            return
-        kind, gen, key = job
-        if kind == "seek":
-            self._seek_timer(gen, now)
-        elif kind == "handshake" and gen == self._gen and self._hs is not None:
-            self._handshake_timer(self._hs, now)
-        elif kind == "unpair" and key is not None:
-            pending = self._unpairs.get(key)
-            if pending is None:
-                return
-            if gen >= len(UNPAIR_DELAYS):  # the give-up job
-                del self._unpairs[key]
-                return
-            msg = codec.Unpair(self._id, self._inst, key[0], key[1], pending.kind)
-            self._out.append((msg, pending.peer, pending.via))
+        if job is not None:
+            job(now)
 
     # ------------------------------------------------------------ internals
 
-    def _book(self, when: float, kind: str, gen: int, key: tuple[bytes, int] | None = None) -> None:
+    def _book(self, when: float, job: Callable[[float], None]) -> None:
         self._token += 1
-        self._timer_jobs[self._token] = (kind, gen, key)
+        self._timer_jobs[self._token] = job
         self._timers.append((when, self._token))
 
     def _set(self, state: str, now: float) -> None:
@@ -358,8 +346,8 @@ class Pairing:
         if state in (PROPOSING, ACCEPTING):
             delays, give_up = _SCHEDULES[state]
             for delay in delays[1:]:
-                self._book(now + delay, "handshake", self._gen)
-            self._book(now + give_up, "handshake", self._gen)
+                self._book(now + delay, partial(self._handshake_due, self._gen))
+            self._book(now + give_up, partial(self._handshake_due, self._gen))
 
     def _reset(self, state: str) -> None:
         self.state = state
@@ -384,7 +372,7 @@ class Pairing:
         """Send Seek now and on (SEEK_DELAYS, then every SEEK_EVERY); older chains stop."""
         self._seek_gen += 1
         self._seek_left = [b - a for a, b in itertools.pairwise(SEEK_DELAYS)]
-        self._book(now, "seek", self._seek_gen)
+        self._book(now, partial(self._seek_timer, self._seek_gen))
 
     def _expire(self, now: float) -> None:
         self._reset(IDLE)
@@ -403,7 +391,11 @@ class Pairing:
         delay = self._seek_left.pop(0) if self._seek_left else None
         if delay is None:
             delay = SEEK_EVERY * self._rng.uniform(0.75, 1.25)
-        self._book(now + delay, "seek", gen)
+        self._book(now + delay, partial(self._seek_timer, gen))
+
+    def _handshake_due(self, gen: int, now: float) -> None:
+        if gen == self._gen and self._hs is not None:  # else that handshake is over
+            self._handshake_timer(self._hs, now)
 
     def _handshake_timer(self, hs: _Handshake, now: float) -> None:
         if now - hs.started < _SCHEDULES[self.state][1] - 1e-9:
@@ -452,9 +444,20 @@ class Pairing:
             del self._unpairs[next(iter(self._unpairs))]
         self._unpairs[key] = _Unpairing(hs.peer, via, kind)
         self._out.append((codec.Unpair(self._id, self._inst, *key, kind), hs.peer, via))
-        for i, delay in enumerate(UNPAIR_DELAYS[1:], start=1):
-            self._book(now + delay, "unpair", i, key)
-        self._book(now + UNPAIR_GIVE_UP, "unpair", len(UNPAIR_DELAYS), key)
+        for delay in UNPAIR_DELAYS[1:]:
+            self._book(now + delay, partial(self._unpair_due, key, False))
+        self._book(now + UNPAIR_GIVE_UP, partial(self._unpair_due, key, True))
+
+    def _unpair_due(self, key: tuple[bytes, int], give_up: bool, now: float) -> None:
+        """Send the Unpair again, or give it up, if it is still unacknowledged."""
+        pending = self._unpairs.get(key)
+        if pending is None:
+            return
+        if give_up:
+            del self._unpairs[key]
+            return
+        msg = codec.Unpair(self._id, self._inst, key[0], key[1], pending.kind)
+        self._out.append((msg, pending.peer, pending.via))
 
     def _paired(self, hs: _Handshake) -> None:
         rec = self._members.get(hs.peer)

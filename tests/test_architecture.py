@@ -12,7 +12,11 @@ import pytest
 import lanchat
 
 PACKAGE = Path(lanchat.__file__).parent
-CORE = ["codec.py", "config.py", "core.py", "events.py", "membership.py", "errors.py", "fakelan.py"]
+CORE = [
+    "codec.py", "config.py", "core.py", "events.py", "membership.py", "errors.py", "fakelan.py",
+    "part.py", "stats.py", "dedup.py", "heartbeat.py", "delivery.py", "reports.py", "repair.py",
+    "catchup.py", "pairing.py", "ratelimit.py", "seal.py",
+]  # fmt: skip
 BANNED = {"socket", "asyncio", "time", "netifaces", "click", "select", "selectors", "os"}
 
 

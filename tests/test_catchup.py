@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from lanchat import catchup as catchup_module
 from lanchat import codec, history
-from lanchat import core as core_module
 from lanchat import events as ev
 from lanchat.core import RECALL_KEEP, RECALL_KEEP_LINES, RECALL_TRIES, RECALL_WAIT
 from lanchat.errors import ConfigError
@@ -360,7 +360,7 @@ def test_one_request_draws_at_most_the_answer_cap() -> None:
     lan.run(0.2)
     out = sum(len(s.data) for s in lan.sent_by(a, codec.Recount))
     assert len(data) == codec.RECALL_SIZE
-    assert 6000 < out <= core_module._RECALL_ANSWER_BYTES  # 11 KB held, 8 KB at most sent
+    assert 6000 < out <= catchup_module._RECALL_ANSWER_BYTES  # 11 KB held, 8 KB at most sent
     # The newest lines went; the oldest were left out.
     sent = [e for s in lan.sent_by(a, codec.Recount) for e in s.msg.entries]
     assert sent[-1].seq == RECALL_KEEP_LINES and sent[0].seq > 1
@@ -375,8 +375,8 @@ def test_a_flood_from_one_source_is_held_to_its_budget() -> None:
         lan.call(a, lambda core, now, d=data: core.receive_datagram(d, ("10.0.0.99", 5), now))
         lan.run(0.01)
     out = sum(len(s.data) for s in lan.sent_by(a, codec.Recount))
-    refill = core_module._RECALL_BYTES_PER_SOURCE / 60 * 2.0  # over the 2 s the flood took
-    assert out <= core_module._RECALL_BYTES_PER_SOURCE + refill
+    refill = catchup_module._RECALL_BYTES_PER_SOURCE / 60 * 2.0  # over the 2 s the flood took
+    assert out <= catchup_module._RECALL_BYTES_PER_SOURCE + refill
     assert a.core.stats.rate_limited > 150
 
 
@@ -400,7 +400,7 @@ def test_flood_of_spoofed_recalls_amplification_ratio() -> None:
     lan.run(1)
     out = sum(len(s.data) for s in recounts(lan, nodes, since=start))
     ratio = out / bytes_in
-    limit = len(nodes) * core_module._RECALL_BYTES * (1 + 11 / 60)  # burst + refill, per node
+    limit = len(nodes) * catchup_module._RECALL_BYTES * (1 + 11 / 60)  # burst + refill, per node
     print(f"flood: {bytes_in} bytes in, {out} out group-wide: ratio {ratio:.3f}")
     assert out <= limit
     assert ratio < 1.0
@@ -409,12 +409,12 @@ def test_flood_of_spoofed_recalls_amplification_ratio() -> None:
 def test_pending_answers_are_bounded() -> None:
     lan, a = _holder(15, lines=3, text="")
     rng = random.Random(4)
-    for _ in range(core_module._MAX_PENDING_RECALL_ANSWERS + 20):
+    for _ in range(catchup_module._MAX_PENDING_RECALL_ANSWERS + 20):
         data = spoofed_recall(rng)
         a.core.receive_datagram(data, ("10.0.0.99", 5), lan.now)  # all in one instant
-    assert len(a.core._recall_answers) == core_module._MAX_PENDING_RECALL_ANSWERS
+    assert len(a.core._catchup._recall_answers) == catchup_module._MAX_PENDING_RECALL_ANSWERS
     assert a.core.stats.rate_limited == 20
-    assert len(a.core._recall_seen) <= core_module._MAX_RECALL_NONCES
+    assert len(a.core._catchup._recall_seen) <= catchup_module._MAX_RECALL_NONCES
 
 
 # ------------------------------------------------------- history and display

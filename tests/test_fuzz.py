@@ -13,7 +13,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lanchat import codec, core, membership, pairing, ratelimit, seal
+from lanchat import (
+    catchup,
+    codec,
+    core,
+    dedup,
+    heartbeat,
+    membership,
+    pairing,
+    ratelimit,
+    repair,
+    reports,
+    seal,
+)
 from lanchat import config as cfg
 from lanchat.core import NodeCore
 from tests.script_loader import load_script
@@ -55,16 +67,16 @@ def test_the_harness_knows_every_bounded_table() -> None:
 
 SMALL_BOUNDS = {
     (membership, "_MAX_PEERS"): 40,
-    (core, "_MAX_SENDERS"): 40,
-    (core, "_MAX_STREAMS"): 40,
-    (core, "_MAX_QUERIERS"): 5,
-    (core, "_MAX_PENDING_ANSWERS"): 1,
-    (core, "_MAX_REQUESTERS"): 8,
-    (core, "_MAX_UNAUTH_SOURCES"): 8,
-    (core, "_MAX_RING_ROOMS"): 2,
-    (core, "_MAX_RECALL_SOURCES"): 4,
-    (core, "_MAX_PENDING_RECALL_ANSWERS"): 1,
-    (core, "_MAX_RECALL_NONCES"): 20,
+    (dedup, "MAX_SENDERS"): 40,
+    (repair, "_MAX_STREAMS"): 40,
+    (heartbeat, "_MAX_QUERIERS"): 5,
+    (heartbeat, "_MAX_PENDING_ANSWERS"): 1,
+    (repair, "_MAX_REQUESTERS"): 8,
+    (reports, "_MAX_UNAUTH_SOURCES"): 8,
+    (catchup, "_MAX_RING_ROOMS"): 2,
+    (catchup, "_MAX_RECALL_SOURCES"): 4,
+    (catchup, "_MAX_PENDING_RECALL_ANSWERS"): 1,
+    (catchup, "_MAX_RECALL_NONCES"): 20,
     (pairing, "_MAX_SEEKERS"): 4,
     (pairing, "_MAX_UNPAIRS"): 2,
     (seal, "_MAX_SENDERS"): 40,
@@ -123,7 +135,7 @@ def _raise(*args: object) -> None:
 
 
 def test_an_exception_escaping_a_handler_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(NodeCore, "_on_gone", _raise)
+    monkeypatch.setattr(repair.Repair, "on_gone", _raise)
     r = fuzz.run(3_000, seed=5, keyed=False)
     assert "exception" in _kinds(r)
     failure = next(f for f in r.failures if f.kind == "exception")
@@ -150,13 +162,13 @@ def test_a_slow_datagram_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         while time.thread_time() < end:
             pass
 
-    monkeypatch.setattr(NodeCore, "_on_gone", busy)
+    monkeypatch.setattr(repair.Repair, "on_gone", busy)
     r = fuzz.run(2_000, seed=5, keyed=False)
     assert _kinds(r) == {"slow"}
 
 
 def test_a_table_past_its_bound_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(fuzz.BOUNDS, "core._MAX_RECALL_NONCES", 10)  # the core allows 1024
+    monkeypatch.setitem(fuzz.BOUNDS, "catchup._MAX_RECALL_NONCES", 10)  # the core allows 1024
     r = fuzz.run(3_000, seed=5, keyed=False)
     assert _kinds(r) == {"state"}
     assert any("recalls heard has" in f.detail for f in r.failures)
@@ -171,13 +183,7 @@ def test_a_lost_pairing_timer_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_recall_answer_without_its_timer_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = NodeCore._at
-
-    def at(self: NodeCore, when: float, kind: str, key: int) -> None:
-        if kind != "recall_answer":
-            original(self, when, kind, key)
-
-    monkeypatch.setattr(NodeCore, "_at", at)
+    monkeypatch.setattr(catchup.Catchup, "_book_answer", lambda self, when, nonce: None)
     r = fuzz.run(3_000, seed=5, keyed=False)
     assert "state" in _kinds(r)
     assert any("has no timer" in f.detail for f in r.failures)
@@ -323,7 +329,7 @@ def test_valid_stream_traffic_keeps_the_repair_state_sound(
 def test_one_beat_cannot_end_thousands_of_streams() -> None:
     """Chat from one peer id under thousands of made-up instances, each stream with
     holes, then one Beat of a newer instance: ending them took 164 ms of CPU and
-    emitted 131,073 events (4096 streams x 32 holes) before core._MAX_INSTANCES.
+    emitted 131,073 events (4096 streams x 32 holes) before repair._MAX_INSTANCES.
     """
     harness = _fresh(False)
     node = harness.core
@@ -331,12 +337,12 @@ def test_one_beat_cannot_end_thousands_of_streams() -> None:
     datagrams = [
         codec.encode(codec.Chat(sender, instance, seq, "x", "lobby", "hi"))
         for instance in range(1, 201)
-        for seq in range(1, 2 * core._MAX_HOLES + 2, 2)  # every other seq: 32 holes
+        for seq in range(1, 2 * repair._MAX_HOLES + 2, 2)  # every other seq: 32 holes
     ]
     _feed_all(harness, datagrams, [0.0])
-    assert len(node._stream_instances[sender]) == core._MAX_INSTANCES
+    assert len(node._repair._stream_instances[sender]) == repair._MAX_INSTANCES
     events = harness.result.events
     beat = codec.Beat(sender, 1000, "x", "h", 40000, "online", "", ("lobby",), 0, 1000)
     harness.feed(len(datagrams), codec.encode(beat), ("10.1.0.1", 40000))
-    assert harness.result.events - events <= core._MAX_INSTANCES * core._MAX_HOLES + 1
-    assert node._stream_instances == {sender: {1000}}  # only the new start's stream is left
+    assert harness.result.events - events <= repair._MAX_INSTANCES * repair._MAX_HOLES + 1
+    assert node._repair._stream_instances == {sender: {1000}}  # only the new start's stream is left

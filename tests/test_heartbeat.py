@@ -60,7 +60,7 @@ def test_interval_grows_with_the_group_within_both_budgets() -> None:
     _feed(big, 199, 1000.0, big=True)  # ~650-byte Beats; the mean follows them (1/16 each)
     assert big.heartbeat_interval() > 200 / cfg.HEARTBEAT_RATE_BUDGET
     assert big.heartbeat_interval() == pytest.approx(
-        200 * big._beat_size / cfg.HEARTBEAT_BYTE_BUDGET
+        200 * big._heartbeat.beat_size / cfg.HEARTBEAT_BYTE_BUDGET
     )
 
 
@@ -74,22 +74,25 @@ def test_beats_advertise_the_interval_in_use() -> None:
 def test_timer_reconsideration_postpones_a_beat_when_the_group_grew() -> None:
     core = _core()
     _run(core, 1001.001)  # the announce burst is over; a regular Beat is booked
-    last = core._last_beat
-    assert last == pytest.approx(1000.0 + cfg.ANNOUNCE_DELAYS[-1]) and core._next_beat < last + 1.3
+    last = core._heartbeat.last_beat
+    assert (
+        last == pytest.approx(1000.0 + cfg.ANNOUNCE_DELAYS[-1])
+        and core._heartbeat.next_beat < last + 1.3
+    )
     _feed(core, 499, 1001.01)  # 500 members now: interval 10 s
-    sent = _run(core, core._next_beat)
+    sent = _run(core, core._heartbeat.next_beat)
     assert not any(isinstance(m, codec.Beat) for m in sent)
-    assert core._next_beat >= last + 0.41 * 10  # redrawn with n = 500
+    assert core._heartbeat.next_beat >= last + 0.41 * 10  # redrawn with n = 500
 
 
 def test_reverse_reconsideration_brings_the_next_beat_closer() -> None:
     core = _core()
     ids = _feed(core, 199, 1000.0)
     _run(core, 1003.0)
-    before = core._next_beat - 1003.0
+    before = core._heartbeat.next_beat - 1003.0
     for peer in ids[:150]:  # 3/4 of the group says goodbye
         core.receive_datagram(codec.encode(codec.Bye(peer, 7)), ("10.0.0.1", 5000), 1003.0)
-    after = core._next_beat - 1003.0
+    after = core._heartbeat.next_beat - 1003.0
     assert after == pytest.approx(before * 50 / 200)
 
 

@@ -298,12 +298,12 @@ def test_backoff_is_skewed_late_in_a_big_group_and_bounded() -> None:
     nodes = [lan.add_node(f"n{i}") for i in range(30)]
     assert lan.run_until(lambda: len(nodes[0].core.members) == 29, 5)
     low, high = cfg.NACK_BACKOFF
-    draws = sorted(nodes[0].core._backoff() for _ in range(2000))
+    draws = sorted(nodes[0].core._repair._backoff() for _ in range(2000))
     assert low <= draws[0] and draws[-1] <= high
     # lambda = ln 30 + 1 = 4.4: the density at the end is e^4.4 = 82 times the one at the start.
     assert draws[len(draws) // 2] > low + 0.8 * (high - low)
     assert draws[len(draws) // 50] < low + 0.3 * (high - low)  # yet a few fire early
-    alone = sorted(lone_core()._backoff() for _ in range(2000))  # no member known: uniform
+    alone = sorted(lone_core()._repair._backoff() for _ in range(2000))  # no member known: uniform
     assert draws[len(draws) // 2] - alone[len(alone) // 2] > 0.25 * (high - low)
 
 
