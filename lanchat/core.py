@@ -31,7 +31,7 @@ from lanchat.dedup import SeqWindow, SeqWindows
 from lanchat.delivery import Delivery
 from lanchat.errors import ClosedError, ConfigError, PeerError
 from lanchat.heartbeat import Heartbeat
-from lanchat.membership import Membership, PeerRecord, Timeouts
+from lanchat.membership import Membership, Timeouts
 from lanchat.pairing import PAIRED, Pairing
 from lanchat.part import Address, Answer, Context, Datagram, Part
 from lanchat.repair import Repair
@@ -89,7 +89,10 @@ class NodeCore:
         uport: int,
         rng: random.Random,
         keys: KeyRing | None = None,
+        token_rng: random.Random | None = None,
     ) -> None:
+        """`rng` draws every timing jitter; `token_rng` the probe tokens other hosts must not
+        guess (default: the OS's random source; simulations pass a seeded one)."""
         self.config = config
         self.identity = identity
         self.uport = cfg.check_port(uport)
@@ -103,14 +106,14 @@ class NodeCore:
                 ping_interval=cfg.PING_EVERY_INTERVALS * interval,
                 unreachable_after=config.unreachable_after,
                 remove_after=config.remove_after,
-            )
+            ),
+            token_rng,
         )
         self._out: list[Datagram] = []
         self._events: deque[ev.Event] = deque()
         self._next_sweep = float("inf")
         self._seq = 0  # multicast stream: chat and notices
         self._msg_id = 0  # direct messages
-        self._ping_token = 0
         self._stream_windows = SeqWindows(self.stats)
         self.limits = ratelimit.Limits()
         self.keys = keys
@@ -383,10 +386,8 @@ class NodeCore:
         self._drain(self._heartbeat)
         if self._next_sweep <= now:
             self.members.group_interval = self.heartbeat_interval()
-            events, to_ping, self._next_sweep = self.members.sweep(now)
-            self._emit(events)
-            for rec in to_ping:
-                self._ping(rec)
+            events, _, self._next_sweep = self.members.sweep(now)
+            self._emit(events)  # and the pings the sweep queued
             self._heartbeat.reconsider_down(now)
 
     def receive_datagram(
@@ -439,6 +440,7 @@ class NodeCore:
                 return
             self._heartbeat.beat_heard(len(data))
             self._emit(self.members.on_beat(msg, ip, now))
+            self._next_sweep = min(self._next_sweep, self.members.next_check())
             self.members.group_interval = self.heartbeat_interval()
             rec = self.members.get(msg.sender)
             if rec is not None:
@@ -447,7 +449,12 @@ class NodeCore:
                     self._repair.advertised(msg, now)
                     self._drain(self._repair)
             return
+        if isinstance(msg, codec.Pong):  # its token says what it answers (PROTOCOL.md 13.6)
+            self._emit(self.members.on_pong(msg.sender, msg.instance, msg.token, ip, now))
+            self._next_sweep = min(self._next_sweep, self.members.next_check())
+            return
         self._emit(self.members.on_heard(msg.sender, msg.instance, ip, now))
+        self._next_sweep = min(self._next_sweep, self.members.next_check())
         self._dispatch(msg, source, now)
 
     # ------------------------------------------------------------- internals
@@ -500,8 +507,6 @@ class NodeCore:
                 self._drain(self._delivery)
             case codec.Ping():
                 self._answer(codec.Pong(self._id, self._inst, msg.token), source)
-            case codec.Pong():
-                pass  # a sign of life, already counted above
             case codec.Nack():
                 self._repair.on_nack(msg, self._seq, now)
                 self._drain(self._repair)
@@ -538,6 +543,9 @@ class NodeCore:
             if isinstance(event, ev.PeerLeft | ev.PeerRestarted):
                 self._pairing.peer_gone(event.peer)
                 self._drain_pairing()
+        for probe in self.members.take_probes():  # address probes and liveness pings
+            ping = codec.encode(codec.Ping(self._id, self._inst, probe.token))
+            self._unicast_charged(ping, (probe.ip, probe.port))
 
     def _multicast(self, data: bytes) -> None:
         self._out.append(Datagram(data, None))
@@ -571,7 +579,8 @@ class NodeCore:
                 self._multicast(data)
                 continue
             rec = self.members.get(to)
-            dests = rec.destinations() if rec is not None else [via] if via else []
+            # A peer's verified addresses; until it has one, the source that spoke.
+            dests = (rec.destinations() if rec is not None else []) or ([via] if via else [])
             for dest in dests:  # unicast answers a remote peer's datagram: charged (13.3)
                 self._unicast_charged(data, dest)
         for when, token in pairing.take_timers():
@@ -604,17 +613,6 @@ class NodeCore:
                 round(self.heartbeat_interval() * 1000),
             )
         )
-
-    def _ping(self, rec: PeerRecord) -> None:
-        """Ping a silent peer at each of its addresses that has sent us a Ping's worth.
-
-        Charged like an answer: a Beat with a forged source address buys a few
-        pings of that address, never more bytes than the Beat itself.
-        """
-        self._ping_token += 1
-        data = codec.encode(codec.Ping(self._id, self._inst, self._ping_token))
-        for dest in rec.destinations():
-            self._unicast_charged(data, dest)
 
     def _stream_arrival(
         self, sender: bytes, instance: int, seq: int, nick: str, now: float

@@ -216,8 +216,9 @@ class FakeLan:
             NodeConfig(nick=nick, host=f"host-{nick}", **config),
             Identity(pid, inst),
             uport=uport,
-            rng=random.Random(self.rng.random()),
+            rng=random.Random(seed := self.rng.random()),
             keys=KeyRing(tuple(keys)) if keys else None,
+            token_rng=random.Random(f"tokens {seed}"),  # reproducible, and no draw of self.rng
         )
         node = FakeNode(nick, addrs, self, uport, index, core=core)
         self.nodes.append(node)

@@ -18,6 +18,21 @@ Rules
   it is unreachable (the pings then back off to one per half interval); past
   `remove_after` intervals of silence it is gone.
 * A Bye removes the peer at once.
+* Addresses are verified (PROTOCOL.md 13.6): a datagram from an address the
+  peer was not verified at makes that address a *candidate*, probed with a
+  Ping whose token is random; it becomes one of the peer's addresses only when
+  a Pong with that token comes back from it, sent by that peer's current
+  instance. Unicast goes to verified addresses only (until the first one is
+  verified, a new peer is shown at its candidate). Only datagrams from a
+  verified address are signs of life; an address silent for the removal time
+  is forgotten.
+* No takeover: a Beat with a higher instance of a known peer does not replace
+  it at once. The known instance is probed at its verified addresses (and the
+  newcomer at its source); a Pong from the known instance keeps the entry (a
+  forged restart), a Pong from the new instance at a verified address accepts
+  the restart at once, and if nobody answers within `CHALLENGE_WAIT` the
+  known instance is gone and the restart is accepted. A peer's advertised
+  interval counts for at most `_MAX_INTERVAL_RATIO` times our own.
 
 State table (GONE means the entry is deleted and PeerLeft emitted):
 
@@ -38,9 +53,10 @@ State table (GONE means the entry is deleted and PeerLeft emitted):
 from __future__ import annotations
 
 import heapq
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from lanchat import events as ev
 from lanchat.codec import Beat
@@ -77,6 +93,31 @@ _QUICK_PINGS: Final = 3
 _MAX_CHECKS_PER_PEER: Final = 4
 # A host with more NICs than this toward one LAN is unheard of; older ones are forgotten.
 _MAX_ADDRESSES: Final = 8
+# Unverified addresses probed at once per peer: a host with a few NICs needs a few;
+# a forger sending from many addresses gets the oldest probes dropped.
+_MAX_CANDIDATES: Final = 4
+# Probes of one candidate address, this far apart: three round trips at 20 % loss all
+# fail 1 % of the time, and the next datagram from there starts a new round.
+PROBE_TRIES: Final = 3
+PROBE_GAP: Final = 0.25
+# A restart is believed after the known instance stayed silent to this many seconds of
+# probes (three at PROBE_GAP, and a round trip's slack); a restart at the same address
+# is believed at once, when its Pong comes back (one round trip).
+CHALLENGE_WAIT: Final = PROBE_TRIES * PROBE_GAP + 0.25
+# A peer's advertised interval stretches its timeouts to at most this many times our own
+# interval: peers see about the same group (their Td differs little from ours), and a
+# forged Beat with interval 3,600 s cannot keep a ghost for hours.
+_MAX_INTERVAL_RATIO: Final = 10.0
+# Liveness-ping tokens remembered per peer (a Pong with an older one is no sign of life).
+_MAX_PING_TOKENS: Final = 8
+
+
+class Probe(NamedTuple):
+    """A Ping to send: to (ip, port), with a random token the answer must echo."""
+
+    ip: str
+    port: int
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +177,14 @@ class PeerRecord:
     next_ping: float = 0.0
     pings: int = 0  # pings sent since last heard
     booked: float = float("inf")  # its live entry in Membership's check heap
-    addresses: dict[str, float] = field(default_factory=dict)
+    addresses: dict[str, float] = field(default_factory=dict)  # verified ip -> last heard
+    candidates: dict[str, _Candidate] = field(default_factory=dict)  # ip -> its probe round
+    ping_tokens: dict[int, str] = field(default_factory=dict)  # liveness ping token -> ip
+    challenge: _Challenge | None = None  # a higher instance claims to be this peer
 
     def info(self) -> ev.PeerInfo:
-        """Freeze into a PeerInfo snapshot."""
-        ordered = sorted(self.addresses, key=self.addresses.__getitem__, reverse=True)
+        """Freeze into a PeerInfo snapshot (a new peer is shown at its candidate address)."""
+        ordered = self._ordered() or list(self.candidates)[:1]
         return ev.PeerInfo(
             peer_id=self.peer_id.hex(),
             instance=self.instance,
@@ -157,23 +201,49 @@ class PeerRecord:
             heartbeat_interval=self.interval,
         )
 
+    def _ordered(self) -> list[str]:
+        return sorted(self.addresses, key=self.addresses.__getitem__, reverse=True)
+
     def destinations(self) -> list[tuple[str, int]]:
-        """Unicast addresses, most recently heard first."""
-        ordered = sorted(self.addresses, key=self.addresses.__getitem__, reverse=True)
-        return [(ip, self.uport) for ip in ordered]
+        """Verified unicast addresses, most recently heard first."""
+        return [(ip, self.uport) for ip in self._ordered()]
 
     def touch(self, ip: str, now: float) -> None:
+        """Life from a verified address."""
         self.last_heard = now
         self.addresses[ip] = now
         if len(self.addresses) > _MAX_ADDRESSES:
             del self.addresses[min(self.addresses, key=self.addresses.__getitem__)]
 
 
+@dataclass(slots=True)
+class _Candidate:
+    """An address a peer was heard from but not yet verified at: its probe round."""
+
+    token: int
+    tries: int
+    next_probe: float
+
+
+@dataclass(slots=True)
+class _Challenge:
+    """A Beat of a higher instance of a known peer, waiting for the known one to answer."""
+
+    beat: Beat
+    ip: str  # where the Beat came from
+    tokens: dict[int, str]  # probe token -> the ip it went to
+    deadline: float  # no answer from the known instance by then: the restart is real
+
+
 class Membership:
     """The peer table; every method returns the events its change caused."""
 
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, rng: random.Random | None = None) -> None:
         self.timeouts = timeouts
+        # Probe tokens must be unguessable by other hosts: the node passes the
+        # OS's random source (random.SystemRandom); simulations pass a seeded one.
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self._probes: list[Probe] = []
         # Our own current (deterministic) heartbeat interval, set by the core as
         # the group grows: no peer is given less time than that.
         self.group_interval = timeouts.heartbeat_interval
@@ -185,6 +255,9 @@ class Membership:
         self._counter = 0
         self.refused = 0  # beats from new peers refused because the table was full
         self.stale = 0  # datagrams from an older instance of a known peer
+        self.unverified = 0  # datagrams of a known peer from an address not verified yet
+        self.takeovers_refused = 0  # higher instances claiming a peer that answered
+        self.unexpected_pongs = 0  # Pongs with no probe or ping of ours behind them
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -207,22 +280,19 @@ class Membership:
         """A heartbeat arrived from ip."""
         rec = self._peers.get(beat.sender)
         interval = beat.interval_ms / 1000.0
-        if rec is None or beat.instance > rec.instance:
-            if rec is None and len(self._peers) >= _MAX_PEERS:
+        if rec is None:
+            if len(self._peers) >= _MAX_PEERS:
                 self.refused += 1
                 return []
-            restarted = rec is not None
-            rec = PeerRecord(
-                beat.sender, beat.instance, beat.nick, beat.host, beat.uport, beat.status,
-                beat.status_text, beat.rooms, beat.last_seq, interval,
-            )  # fmt: skip
-            self._peers[beat.sender] = rec
-            rec.touch(ip, now)
-            self._book(rec, self.next_deadline_for(rec))
-            return [ev.PeerRestarted(rec.info()) if restarted else ev.PeerJoined(rec.info())]
+            return [ev.PeerJoined(self._create(beat, ip, now).info())]
+        if beat.instance > rec.instance:
+            self._challenge(rec, beat, ip, now)
+            return []
         if beat.instance < rec.instance:
             self.stale += 1
             return []
+        if not self._counts(rec, ip, now):
+            return []  # a Beat from an unverified address changes nothing yet
         out = self._heard(rec, ip, now)
         old_nick, old_status, old_text, old_rooms = rec.nick, rec.status, rec.status_text, rec.rooms
         rec.nick, rec.host, rec.uport = beat.nick, beat.host, beat.uport
@@ -241,13 +311,115 @@ class Membership:
         return out
 
     def on_heard(self, sender: bytes, instance: int, ip: str, now: float) -> list[ev.Event]:
-        """Any other datagram from a peer: a sign of life if it is the known instance."""
+        """Any other datagram from a peer: a sign of life if it is the known instance
+        at a verified address (from elsewhere, that address is probed)."""
         rec = self._peers.get(sender)
         if rec is None or instance != rec.instance:
             if rec is not None and instance < rec.instance:
                 self.stale += 1
             return []
+        if not self._counts(rec, ip, now):
+            return []
         return self._heard(rec, ip, now)
+
+    def _counts(self, rec: PeerRecord, ip: str, now: float) -> bool:
+        """Whether a datagram of the peer's current instance from `ip` is life (and news).
+
+        From a verified address, yes. From elsewhere the address is probed; it counts
+        only while the peer has no verified address at all and `ip` is the candidate it
+        is shown at (a new peer whose probes were lost is not dropped for that).
+        """
+        if ip in rec.addresses:
+            return True
+        self.unverified += 1
+        self._candidate(rec, ip, now)
+        return not rec.addresses and ip in rec.candidates
+
+    def on_pong(
+        self, sender: bytes, instance: int, token: int, ip: str, now: float
+    ) -> list[ev.Event]:
+        """A Pong: it verifies an address, shows life, or settles a restart challenge."""
+        rec = self._peers.get(sender)
+        if rec is None:
+            self.unexpected_pongs += 1
+            return []
+        challenge = rec.challenge
+        if challenge is not None and challenge.tokens.get(token) == ip:
+            if instance == rec.instance:  # the known instance is alive: a forged restart
+                rec.challenge = None
+                self.takeovers_refused += 1
+                return self._heard(rec, ip, now) if ip in rec.addresses else []
+            if instance == challenge.beat.instance and ip in rec.addresses:
+                return self._restart(rec, now, ip)  # the new instance holds a verified address
+        if instance != rec.instance:
+            self.unexpected_pongs += 1
+            return []
+        candidate = rec.candidates.get(ip)
+        if candidate is not None and candidate.token == token:
+            del rec.candidates[ip]
+            return self._heard(rec, ip, now)
+        if rec.ping_tokens.get(token) == ip:
+            return self._heard(rec, ip, now)
+        self.unexpected_pongs += 1
+        return []
+
+    def next_check(self) -> float:
+        """When the sweep must run next (a probe, challenge or silence threshold is due)."""
+        return self._due[0][0] if self._due else float("inf")
+
+    def take_probes(self) -> list[Probe]:
+        """The Pings to send now (address probes, challenges and liveness pings)."""
+        probes, self._probes = self._probes, []
+        return probes
+
+    def _create(self, beat: Beat, ip: str, now: float, verified: str | None = None) -> PeerRecord:
+        rec = PeerRecord(
+            beat.sender, beat.instance, beat.nick, beat.host, beat.uport, beat.status,
+            beat.status_text, beat.rooms, beat.last_seq, beat.interval_ms / 1000.0,
+        )  # fmt: skip
+        self._peers[beat.sender] = rec
+        rec.last_heard = now
+        if verified is not None:
+            rec.addresses[verified] = now
+        self._book(rec, self.next_deadline_for(rec))
+        if ip != verified:
+            self._candidate(rec, ip, now)
+        return rec
+
+    def _token(self) -> int:
+        return self._rng.getrandbits(64)
+
+    def _candidate(self, rec: PeerRecord, ip: str, now: float) -> None:
+        """Probe an address the peer was heard from but not verified at (one round at a time)."""
+        candidate = rec.candidates.get(ip)
+        if candidate is not None and (candidate.tries < PROBE_TRIES or now < candidate.next_probe):
+            return  # a round is under way (its next probes come from the sweep), or just failed
+        if candidate is None and len(rec.candidates) >= _MAX_CANDIDATES:
+            del rec.candidates[next(iter(rec.candidates))]
+        rec.candidates[ip] = _Candidate(self._token(), 1, now + PROBE_GAP)
+        self._probes.append(Probe(ip, rec.uport, rec.candidates[ip].token))
+        self._book(rec, min(rec.booked, now + PROBE_GAP))
+
+    def _challenge(self, rec: PeerRecord, beat: Beat, ip: str, now: float) -> None:
+        """A higher instance claims the peer: ask the known one (and the newcomer) who is there."""
+        challenge = rec.challenge
+        if challenge is not None and beat.instance <= challenge.beat.instance:
+            return  # the same claim again: its probes are out
+        tokens: dict[int, str] = {}
+        targets = [(dest_ip, rec.uport) for dest_ip in rec.addresses]
+        targets.append((ip, beat.uport))
+        for dest_ip, port in targets:
+            token = self._token()
+            tokens[token] = dest_ip
+            self._probes.append(Probe(dest_ip, port, token))
+        rec.challenge = _Challenge(beat, ip, tokens, now + CHALLENGE_WAIT)
+        self._book(rec, min(rec.booked, rec.challenge.deadline))
+
+    def _restart(self, rec: PeerRecord, now: float, verified: str | None) -> list[ev.Event]:
+        """Accept the challenger: the entry is replaced by the new instance."""
+        assert rec.challenge is not None
+        new = self._create(rec.challenge.beat, rec.challenge.ip, now, verified)
+        return [ev.PeerRestarted(new.info())]
 
     def is_stale(self, sender: bytes, instance: int) -> bool:
         """True for a datagram from an older instance of a known peer."""
@@ -255,7 +427,10 @@ class Membership:
         return rec is not None and instance < rec.instance
 
     def _heard(self, rec: PeerRecord, ip: str, now: float) -> list[ev.Event]:
-        rec.touch(ip, now)
+        if ip in rec.addresses or ip not in rec.candidates:
+            rec.touch(ip, now)  # a verified address (the Pong just verified it, or before)
+        else:
+            rec.last_heard = now  # its unverified candidate: life, not an address yet
         rec.next_ping = 0.0
         rec.pings = 0
         was = rec.state
@@ -293,6 +468,9 @@ class Membership:
         self, rec: PeerRecord, now: float, out: list[ev.Event], to_ping: list[PeerRecord]
     ) -> float | None:
         """Apply one peer's timeouts; when it must be checked next (None: removed)."""
+        if rec.challenge is not None and now >= rec.challenge.deadline:
+            out += self._restart(rec, now, None)  # the known instance never answered
+            return None  # the new entry booked its own check
         interval = self.interval_of(rec)
         probe, _, unreachable, remove = self.timeouts.scaled(interval)
         # Compare with the very deadlines that are scheduled (last_heard + x),
@@ -303,17 +481,47 @@ class Membership:
             self._move(rec, EXPIRED)
             out.append(ev.PeerLeft(rec.info(), "timeout"))
             return None
+        for ip in [a for a, heard in rec.addresses.items() if now >= heard + remove]:
+            del rec.addresses[ip]  # silent there for the removal time: moved away
+        extra = [self._reprobe(rec, now)]
+        if rec.challenge is not None:
+            extra.append(rec.challenge.deadline)
         if now >= unreachable_at and rec.state == ALIVE:
             self._move(rec, SILENT)
             out.append(ev.PeerUnreachable(rec.info()))
         if now < probe_at:
-            return probe_at
+            return min(probe_at, *extra)
         if now >= rec.next_ping:
             to_ping.append(rec)
+            self._ping(rec)
             rec.next_ping = now + self.timeouts.ping_gap(interval, rec.pings)
             rec.pings += 1
-        next_check = min(rec.next_ping, remove_at)
+        next_check = min(rec.next_ping, remove_at, *extra)
         return min(next_check, unreachable_at) if rec.state == ALIVE else next_check
+
+    def _reprobe(self, rec: PeerRecord, now: float) -> float:
+        """Probe candidates again when due, forget failed ones; when next to look."""
+        due = float("inf")
+        for ip, candidate in list(rec.candidates.items()):
+            if now < candidate.next_probe:
+                due = min(due, candidate.next_probe)
+            elif candidate.tries < PROBE_TRIES:
+                candidate.tries += 1
+                candidate.next_probe = now + PROBE_GAP
+                self._probes.append(Probe(ip, rec.uport, candidate.token))
+                due = min(due, candidate.next_probe)
+            elif rec.addresses:
+                del rec.candidates[ip]  # never answered: not the peer's address
+        return due
+
+    def _ping(self, rec: PeerRecord) -> None:
+        """A liveness ping to each verified address, each with a fresh random token."""
+        for ip, port in rec.destinations():
+            token = self._token()
+            rec.ping_tokens[token] = ip
+            if len(rec.ping_tokens) > _MAX_PING_TOKENS:
+                del rec.ping_tokens[next(iter(rec.ping_tokens))]
+            self._probes.append(Probe(ip, port, token))
 
     def _book(self, rec: PeerRecord, when: float) -> None:
         rec.booked = when
@@ -327,8 +535,10 @@ class Membership:
             heapq.heapify(self._due)
 
     def interval_of(self, rec: PeerRecord) -> float:
-        """The interval a peer's silence is measured in: its own or ours, whichever is longer."""
-        return max(rec.interval, self.group_interval)
+        """The interval a peer's silence is measured in: its own or ours, whichever is longer
+        (its own counting for at most `_MAX_INTERVAL_RATIO` times ours)."""
+        own = self.group_interval
+        return max(min(rec.interval, _MAX_INTERVAL_RATIO * own), own)
 
     def next_deadline_for(self, rec: PeerRecord) -> float:
         """The first silence threshold of a freshly heard peer."""

@@ -24,6 +24,7 @@ from lanchat import events as ev
 from lanchat.core import Address, Identity, NodeCore, SeqWindow
 from lanchat.errors import ClosedError, PeerError
 from lanchat.testing import FakeLan, FakeNode, Sent
+from tests.probe_helpers import verify
 
 # ------------------------------------------------------------------ helpers
 
@@ -356,6 +357,10 @@ def test_crashed_peer_is_pinged_then_unreachable_then_removed(seed: int) -> None
     assert [e.reason for e in a.of_type(ev.PeerLeft)] == ["timeout"]
     assert not a.knows(b) and len(a.core.members) == 0
     pings = [s.time for s in lan.sent_by(a, codec.Ping) if s.to == addr(b)]
+    # Before the crash: only the probe that verified b's address when b joined (13.6).
+    verify = [t for t in pings if t <= crash]
+    assert verify and verify[-1] - verify[0] < 1.0, verify
+    pings = pings[len(verify) :]
     assert len([t for t in pings if t < unreachable]) >= 3  # PROTOCOL.md section 5
     assert all(crash < t <= left for t in pings)
     gaps = [y - x for x, y in itertools.pairwise(pings)]
@@ -372,7 +377,8 @@ def test_any_datagram_is_a_sign_of_life() -> None:
         lan.run(0.5)
     assert len(lost) > 20
     assert a.of_type(ev.PeerUnreachable) == [] and a.knows(b)
-    assert lan.sent_by(a, codec.Ping) == []  # never silent for 1.5 s
+    # Never silent for 1.5 s: no ping but the probe that verified b's address at the start.
+    assert len(lan.sent_by(a, codec.Ping)) == 1
 
 
 def test_pongs_keep_a_peer_whose_heartbeats_are_lost() -> None:
@@ -411,7 +417,10 @@ def test_handle_timer_moves_the_timer_on_even_when_a_deadline_rounds_down() -> N
     assert (heard + 1.5) - heard < 1.5
     beat = codec.Beat(b"B" * 8, 1, "b", "h", 40002, "online", "", ("lobby",), 0, 1000)
     core.receive_datagram(codec.encode(beat), ("10.0.0.2", 40002), heard)
-    due = core.get_timer()
+    verify(core, b"B" * 8, 1, ("10.0.0.2", 40002), heard)
+    while (due := core.get_timer()) is not None and due < heard + 1.5:
+        core.handle_timer(due)  # the verification probe's retry check: nothing left to do
+    core.datagrams_to_send()
     assert due == heard + 1.5
     core.handle_timer(due)
     pings = [d for d in core.datagrams_to_send() if isinstance(decoded(d.data), codec.Ping)]

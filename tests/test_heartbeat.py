@@ -7,6 +7,7 @@ Nothing here sleeps.
 from __future__ import annotations
 
 import random
+import statistics
 
 import pytest
 
@@ -150,9 +151,11 @@ def test_mass_join_past_one_subnet_converges() -> None:
 
 def test_a_newcomer_to_ten_hosts_at_20_percent_loss_is_discovered_within_a_second() -> None:
     sim = load_script("simulate")
-    r = sim.discovery(hosts=10, runs=40, loss=0.2, seed=1)
-    assert len(r.both) == 40 and max(r.both) < 1.0
-    assert sorted(r.both)[20] < 0.15  # the median target at 20 % loss
+    # 100 joins: the second query round lands near 150 ms, so 40 left the median at the
+    # mercy of one run (scripts/simulate --discovery 400: median 84 ms).
+    r = sim.discovery(hosts=10, runs=100, loss=0.2, seed=1)
+    assert len(r.both) == 100 and max(r.both) < 1.0
+    assert statistics.median(r.both) < 0.15  # the median target at 20 % loss
     assert all(b == max(s, t) for b, s, t in zip(r.both, r.seen, r.sees, strict=True))
 
 

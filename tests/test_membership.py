@@ -43,11 +43,26 @@ def beat(sender: bytes = BOB, instance: int = 1, **fields: Any) -> Beat:
     return Beat(sender, instance, **values)
 
 
+def answer(
+    table: Membership, ip: str, now: float, *, sender: bytes = BOB, instance: int = 1
+) -> list[ev.Event]:
+    """The peer at `ip` answers every probe queued for `ip` (as its `instance`)."""
+    events: list[ev.Event] = []
+    probes = table.take_probes()
+    assert any(p.ip == ip for p in probes), (ip, probes)
+    for probe in probes:
+        if probe.ip == ip:
+            events += table.on_pong(sender, instance, probe.token, ip, now)
+    return events
+
+
 def joined(table: Membership, now: float = T0, **fields: Any) -> mb.PeerRecord:
+    """Bob joined from 10.0.0.2 and answered the probe that verified that address."""
     events = table.on_beat(beat(**fields), "10.0.0.2", now)
     assert [type(e) for e in events] == [ev.PeerJoined]
+    assert answer(table, "10.0.0.2", now, instance=fields.get("instance", 1)) == []
     rec = table.get(BOB)
-    assert rec is not None
+    assert rec is not None and list(rec.addresses) == ["10.0.0.2"] and not rec.candidates
     return rec
 
 
@@ -88,6 +103,15 @@ def test_first_beat_creates_an_entry_and_a_repeat_changes_nothing() -> None:
     assert (info.address, info.port, info.addresses) == ("10.0.0.2", 40002, ("10.0.0.2",))
     assert (info.state, info.last_heard, info.heartbeat_interval) == ("alive", T0, 1.0)
     assert len(table) == 1
+    # Its address is a candidate, probed with a random token, until the Pong comes back.
+    (probe,) = table.take_probes()
+    assert (probe.ip, probe.port) == ("10.0.0.2", 40002) and probe.token.bit_length() > 32
+    assert table.get(BOB).addresses == {}  # type: ignore[union-attr]
+    # Its candidate is where it is shown: until some address is verified, that is life.
+    assert table.on_beat(beat(), "10.0.0.2", T0 + 0.5) == []
+    assert table.get(BOB).last_heard == T0 + 0.5  # type: ignore[union-attr]
+    assert table.get(BOB).addresses == {}  # type: ignore[union-attr]
+    assert table.on_pong(BOB, 1, probe.token, "10.0.0.2", T0 + 0.75) == []
     assert table.on_beat(beat(), "10.0.0.2", T0 + 1) == []
     assert table.get(BOB).last_heard == T0 + 1  # type: ignore[union-attr]
 
@@ -134,10 +158,16 @@ def test_beat_changes_emit_events(change: dict[str, Any], expected: list[str]) -
             assert e.room == "dev"
 
 
-def test_higher_instance_restarts_lower_is_stale() -> None:
+def test_higher_instance_restarts_once_the_known_one_is_silent_lower_is_stale() -> None:
     table = Membership(DEFAULT)
     joined(table)
-    (event,) = table.on_beat(beat(instance=5, nick="bob2"), "10.0.0.7", T0 + 1)
+    # The restarted peer moved to another address: the known instance is probed there,
+    # the newcomer at its source; nobody answers for the known one, so it is believed.
+    assert table.on_beat(beat(instance=5, nick="bob2"), "10.0.0.7", T0 + 1) == []
+    probes = table.take_probes()
+    assert sorted(p.ip for p in probes) == ["10.0.0.2", "10.0.0.7"]
+    assert table.sweep(T0 + 1 + mb.CHALLENGE_WAIT - 0.25)[0] == []
+    (event,) = table.sweep(T0 + 1 + mb.CHALLENGE_WAIT)[0]
     assert isinstance(event, ev.PeerRestarted)
     assert (event.peer.instance, event.peer.nick, event.peer.addresses) == (
         5,
@@ -145,24 +175,118 @@ def test_higher_instance_restarts_lower_is_stale() -> None:
         ("10.0.0.7",),
     )
     assert len(table) == 1
+    assert answer(table, "10.0.0.7", T0 + 2, instance=5) == []  # its new address verified
+    rec = table.get(BOB)
+    assert rec is not None and list(rec.addresses) == ["10.0.0.7"]
     assert table.on_beat(beat(instance=4), "10.0.0.2", T0 + 2) == []
     assert table.on_heard(BOB, 1, "10.0.0.2", T0 + 2) == []
     assert table.stale == 2
     assert table.is_stale(BOB, 4) and not table.is_stale(BOB, 5) and not table.is_stale(BOB, 6)
     assert not table.is_stale(b"C" * 8, 0)
-    rec = table.get(BOB)
-    assert rec is not None and (rec.instance, rec.last_heard, rec.nick) == (5, T0 + 1, "bob2")
+    assert (rec.instance, rec.nick) == (5, "bob2")
     # A datagram from a newer instance is not life of the known one (its Beat will come).
-    assert table.on_heard(BOB, 6, "10.0.0.2", T0 + 3) == []
-    assert rec.last_heard == T0 + 1 and table.stale == 2
+    heard = rec.last_heard
+    assert table.on_heard(BOB, 6, "10.0.0.7", T0 + 3) == []
+    assert rec.last_heard == heard and table.stale == 2
+
+
+def test_a_restart_at_a_verified_address_is_believed_at_its_first_pong() -> None:
+    table = Membership(DEFAULT)
+    joined(table)
+    assert table.on_beat(beat(instance=2, uport=40009), "10.0.0.2", T0 + 1) == []
+    probes = {p.port: p for p in table.take_probes()}
+    assert set(probes) == {40002, 40009}  # the old instance's port and the new one's
+    (event,) = table.on_pong(BOB, 2, probes[40009].token, "10.0.0.2", T0 + 1.001)
+    assert isinstance(event, ev.PeerRestarted) and event.peer.instance == 2
+    rec = table.get(BOB)
+    assert rec is not None and list(rec.addresses) == ["10.0.0.2"] and rec.uport == 40009
 
 
 def test_restart_revives_an_unreachable_peer() -> None:
     table = Membership(DEFAULT)
     joined(table)
     assert kinds(table.sweep(T0 + 3)[0]) == ["PeerUnreachable"]
-    (event,) = table.on_beat(beat(instance=2), "10.0.0.2", T0 + 4)
+    table.take_probes()
+    assert table.on_beat(beat(instance=2), "10.0.0.2", T0 + 4) == []
+    (event,) = answer(table, "10.0.0.2", T0 + 4, instance=2)
     assert isinstance(event, ev.PeerRestarted) and event.peer.state == "alive"
+
+
+def test_a_forged_higher_instance_cannot_take_over_a_live_peer() -> None:
+    table = Membership(DEFAULT)
+    rec = joined(table)
+    # The attacker at 10.0.0.66 claims Bob with the largest instance and interval there is.
+    forged = beat(instance=2**64 - 1, interval_ms=3_600_000, uport=40666)
+    assert table.on_beat(forged, "10.0.0.66", T0 + 1) == []
+    probes = table.take_probes()
+    real = next(p for p in probes if p.ip == "10.0.0.2")
+    fake = next(p for p in probes if p.ip == "10.0.0.66")
+    # The attacker answers its own probe: that proves nothing about Bob's address.
+    assert table.on_pong(BOB, 2**64 - 1, fake.token, "10.0.0.66", T0 + 1.001) == []
+    # Nor can it answer the probe sent to Bob without its token.
+    assert table.on_pong(BOB, 2**64 - 1, real.token ^ 1, "10.0.0.2", T0 + 1.001) == []
+    assert table.unexpected_pongs == 2
+    # Bob answers as himself: the claim is refused and Bob stays, unchanged.
+    assert table.on_pong(BOB, 1, real.token, "10.0.0.2", T0 + 1.002) == []
+    assert table.takeovers_refused == 1 and rec.challenge is None
+    assert table.sweep(T0 + 2.5)[0] == []
+    assert table.get(BOB) is rec and rec.instance == 1 and list(rec.addresses) == ["10.0.0.2"]
+    assert not table.is_stale(BOB, 1)  # Bob's datagrams still count
+
+
+def test_an_unverified_address_gets_no_unicast_and_no_life() -> None:
+    table = Membership(DEFAULT)
+    rec = joined(table)
+    # A forged datagram as Bob from the attacker's own address (the 26-byte Ping attack).
+    assert table.on_heard(BOB, 1, "10.0.0.66", T0 + 1) == []
+    (probe,) = table.take_probes()
+    assert probe.ip == "10.0.0.66" and rec.destinations() == [("10.0.0.2", 40002)]
+    assert rec.last_heard == T0 and table.unverified == 1
+    assert rec.info().addresses == ("10.0.0.2",)  # not shown either
+    # More of the same within the round sends no more probes; the sweep retries it twice.
+    table.on_heard(BOB, 1, "10.0.0.66", T0 + 1.1)
+    assert table.take_probes() == []
+    tokens = set()
+    t = T0 + 1.25
+    while t < T0 + 2:
+        table.sweep(t)
+        tokens |= {p.token for p in table.take_probes() if p.ip == "10.0.0.66"}
+        t += 0.25
+    assert tokens == {probe.token}  # the same token each time: one round of PROBE_TRIES
+    assert "10.0.0.66" not in rec.candidates  # never answered: forgotten
+    assert rec.destinations() == [("10.0.0.2", 40002)]
+
+
+def test_a_second_nic_is_verified_by_its_pong() -> None:
+    table = Membership(DEFAULT)
+    rec = joined(table)
+    table.on_heard(BOB, 1, "10.0.1.2", T0 + 1)
+    assert answer(table, "10.0.1.2", T0 + 1.001) == []
+    assert set(rec.addresses) == {"10.0.0.2", "10.0.1.2"}
+    assert rec.last_heard == T0 + 1.001
+
+
+def test_an_address_silent_for_the_removal_time_is_forgotten() -> None:
+    table = Membership(DEFAULT)
+    rec = joined(table)
+    table.on_heard(BOB, 1, "10.0.1.2", T0 + 1)
+    answer(table, "10.0.1.2", T0 + 1)
+    for i in range(1, 20):  # Bob is heard on his second address only
+        table.on_heard(BOB, 1, "10.0.1.2", T0 + i)
+        table.sweep(T0 + i)
+    assert list(rec.addresses) == ["10.0.1.2"]
+
+
+def test_an_advertised_interval_stretches_timeouts_ten_times_ours_at_most() -> None:
+    table = Membership(DEFAULT)
+    rec = joined(table, interval_ms=3_600_000)
+    assert table.interval_of(rec) == 10.0
+    events: list[str] = []
+    t = T0
+    while len(table) and t < T0 + 1000:
+        got, _, t = table.sweep(t)
+        events += kinds(got)
+    assert events == ["PeerUnreachable", "PeerLeft"] and t == float("inf")
 
 
 def test_bye_removes_only_the_current_instance() -> None:
@@ -277,8 +401,11 @@ def test_a_faster_peer_gets_our_timeouts_not_shorter_ones() -> None:
 def test_sweep_handles_many_peers_on_their_own_clocks() -> None:
     table = Membership(DEFAULT)
     table.on_beat(beat(b"A" * 8), "10.0.0.1", T0)
+    answer(table, "10.0.0.1", T0, sender=b"A" * 8)
     table.on_beat(beat(b"C" * 8, interval_ms=4000), "10.0.0.3", T0)
+    answer(table, "10.0.0.3", T0, sender=b"C" * 8)
     table.on_beat(beat(b"D" * 8), "10.0.0.4", T0 + 2)
+    answer(table, "10.0.0.4", T0 + 2, sender=b"D" * 8)
     events, to_ping, next_check = table.sweep(T0 + 3)
     assert [e.peer.peer_id for e in events] == [(b"A" * 8).hex()]  # type: ignore[union-attr]
     assert [r.peer_id for r in to_ping] == [b"A" * 8]
@@ -307,6 +434,7 @@ def test_address_list_is_bounded_and_keeps_the_most_recent() -> None:
     ips = [f"10.0.{i}.2" for i in range(1, 13)]
     for i, ip in enumerate(ips):
         table.on_heard(BOB, 1, ip, T0 + 0.25 * (i + 1))
+        answer(table, ip, T0 + 0.25 * (i + 1))
     assert len(rec.addresses) == mb._MAX_ADDRESSES == 8
     info = rec.info()
     assert info.addresses == tuple(reversed(ips[-8:]))
@@ -316,10 +444,20 @@ def test_address_list_is_bounded_and_keeps_the_most_recent() -> None:
     assert rec.destinations()[0] == (ips[-8], 40002) and len(rec.addresses) == 8
 
 
+def test_candidates_per_peer_are_bounded() -> None:
+    table = Membership(DEFAULT)
+    rec = joined(table)
+    for i in range(20):
+        table.on_heard(BOB, 1, f"10.9.{i}.1", T0 + 1)
+    assert len(rec.candidates) == mb._MAX_CANDIDATES
+    assert len(table.take_probes()) == 20  # one probe each, never more
+
+
 def test_uport_comes_from_the_latest_beat() -> None:
     table = Membership(DEFAULT)
     rec = joined(table)
     table.on_heard(BOB, 1, "10.0.1.2", T0 + 0.5)
+    answer(table, "10.0.1.2", T0 + 0.5)
     table.on_beat(beat(uport=41000), "10.0.0.2", T0 + 1)
     assert rec.destinations() == [("10.0.0.2", 41000), ("10.0.1.2", 41000)]
 
@@ -330,11 +468,13 @@ def test_table_refuses_new_peers_past_its_bound(monkeypatch: pytest.MonkeyPatch)
     ids = [bytes([65 + i]) * 8 for i in range(4)]
     for i, peer in enumerate(ids[:3]):
         assert kinds(table.on_beat(beat(peer), f"10.0.0.{i + 1}", T0)) == ["PeerJoined"]
+        answer(table, f"10.0.0.{i + 1}", T0, sender=peer)
     assert table.on_beat(beat(ids[3]), "10.0.0.4", T0) == []
     assert (len(table), table.refused, table.get(ids[3])) == (3, 1, None)
     # Known peers still update and restart while the table is full.
     assert kinds(table.on_beat(beat(ids[0], nick="alice"), "10.0.0.1", T0 + 1)) == ["PeerRenamed"]
-    assert kinds(table.on_beat(beat(ids[1], instance=2), "10.0.0.2", T0 + 1)) == ["PeerRestarted"]
+    assert table.on_beat(beat(ids[1], instance=2), "10.0.0.2", T0 + 1) == []
+    assert kinds(answer(table, "10.0.0.2", T0 + 1, sender=ids[1], instance=2)) == ["PeerRestarted"]
     assert table.refused == 1 and len(table) == 3
     # Room again once one has left.
     table.on_bye(ids[2], 1)
