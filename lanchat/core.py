@@ -38,6 +38,7 @@ from lanchat.repair import Repair
 from lanchat.reports import UnauthenticatedReports
 from lanchat.seal import KeyRing, Opener, Sealer
 from lanchat.stats import Stats
+from lanchat.trace import Tracer, kind_of
 
 __all__ = [
     "RECALL_KEEP",
@@ -90,10 +91,13 @@ class NodeCore:
         rng: random.Random,
         keys: KeyRing | None = None,
         token_rng: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """`rng` draws every timing jitter; `token_rng` the probe tokens other hosts must not
-        guess (default: the OS's random source; simulations pass a seeded one)."""
+        guess (default: the OS's random source; simulations pass a seeded one); `tracer` is
+        told what happens to every datagram (lanchat.trace), if given."""
         self.config = config
+        self.tracer = tracer
         self.identity = identity
         self.uport = cfg.check_port(uport)
         self.stats = Stats()
@@ -348,6 +352,9 @@ class NodeCore:
         """Take the datagrams queued for sending."""
         out, self._out = self._out, []
         self.stats.sent += len(out)
+        if self.tracer is not None:
+            for dgram in out:
+                self.tracer.datagram_queued(dgram.to, kind_of(dgram.data))
         if self._sealer is not None:
             sealer = self._sealer  # sealed now, so every repeat gets a fresh counter
             out = [Datagram(codec.seal(d.data, sealer), d.to) for d in out]
@@ -391,23 +398,31 @@ class NodeCore:
             self._heartbeat.reconsider_down(now)
 
     def receive_datagram(
-        self, data: bytes, source: Address, now: float, *, on_link: bool = True
+        self, data: bytes, source: Address, now: float, *, on_link: bool = True, channel: str = ""
     ) -> None:
         """Handle one datagram from `source` (ip, port). Never raises on remote input.
 
         `on_link`: False if the source is on none of the node's subnets and the node
         keeps to its link (TTL 1): then it is dropped, and nothing ever answers it.
+        `channel`: the socket it came in on (lanchat.trace), only told to the tracer.
         """
         self.stats.received += 1
+        tracer = self.tracer
         if self.closed:
+            if tracer is not None:
+                tracer.datagram_dropped(source, channel, "closed", now)
             return  # a node that said goodbye answers nothing (not even pings)
         if not on_link:
             self.stats.off_link += 1
+            if tracer is not None:
+                tracer.datagram_dropped(source, channel, "off_link", now)
             return
         # Before decoding (section 13): our own multicast looped back, then the limits.
         sender = codec.peek_sender(data)
         if sender == self._id:
             self.stats.own += 1
+            if tracer is not None:
+                tracer.datagram_dropped(source, channel, "own", now)
             return
         verdict = self.limits.admit(
             source[0],
@@ -420,24 +435,37 @@ class NodeCore:
                 self.stats.flooded += 1
             else:
                 self.stats.overloaded += 1
+            if tracer is not None:
+                why = "flooded" if verdict == ratelimit.FLOODED else "overloaded"
+                tracer.datagram_dropped(source, channel, why, now)
             return
         try:
             msg = codec.decode(data, self._opener)
         except DecodeError as exc:
-            self._count_drop(exc.reason, source, now)
+            counter = self._count_drop(exc.reason, source, now)
+            if tracer is not None:
+                tracer.datagram_dropped(source, channel, counter, now)
             return
         if msg.sender == self._id:
             self.stats.own += 1
+            if tracer is not None:
+                tracer.datagram_dropped(source, channel, "own", now)
             return
         if self.members.is_stale(msg.sender, msg.instance):
             self.stats.stale += 1
+            if tracer is not None:
+                tracer.datagram_dropped(source, channel, "stale", now)
             return
         ip = source[0]
         self._delivery.heard_from(msg.sender)
         if isinstance(msg, codec.Beat):
             if self.members.get(msg.sender) is None and not self.limits.admit_peer(ip, now):
                 self.stats.refused += 1  # a new peer past the new-peer rate (section 13)
+                if tracer is not None:
+                    tracer.datagram_dropped(source, channel, "refused", now)
                 return
+            if tracer is not None:
+                tracer.datagram_accepted(source, channel, "Beat", msg.sender, now)
             self._heartbeat.beat_heard(len(data))
             self._emit(self.members.on_beat(msg, ip, now))
             self._next_sweep = min(self._next_sweep, self.members.next_check())
@@ -449,6 +477,8 @@ class NodeCore:
                     self._repair.advertised(msg, now)
                     self._drain(self._repair)
             return
+        if tracer is not None:
+            tracer.datagram_accepted(source, channel, type(msg).__name__, msg.sender, now)
         if isinstance(msg, codec.Pong):  # its token says what it answers (PROTOCOL.md 13.6)
             self._emit(self.members.on_pong(msg.sender, msg.instance, msg.token, ip, now))
             self._next_sweep = min(self._next_sweep, self.members.next_check())
@@ -476,11 +506,13 @@ class NodeCore:
         if self.closed or self._leaving:
             raise ClosedError("the node is closed")
 
-    def _count_drop(self, reason: str, source: Address, now: float) -> None:
+    def _count_drop(self, reason: str, source: Address, now: float) -> str:
+        """Count an undecodable datagram; the Stats counter it went to."""
         counter = _DROP_COUNTERS.get(reason, "malformed")
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         self._reports.note(reason, source[0], now)
         self._drain(self._reports)
+        return counter
 
     def _dispatch(self, msg: codec.Message, source: Address, now: float) -> None:
         """A decoded datagram other than a Beat, from a current instance: to its part."""

@@ -2,12 +2,13 @@
 
 The read runs one one-shot node (member=False: it asks who is there and never
 announces itself) per chosen interface for a couple of seconds, so whatever it
-hears belongs to that interface. Every datagram is noted with its source, the
-socket it came in on (the group socket or the unicast one, where peers answer
-the node's queries) and what the core made of it: our own multicast looped
-back, a lanchat datagram it accepted, or a drop (key mismatch, another
-protocol version, not lanchat at all). It also reads the interfaces, their
-addresses and the default routes (/proc/net/route).
+hears belongs to that interface. The node's core tells the doctor's tracer
+(lanchat.trace) of every datagram: its source, the socket it came in on (the
+group socket or the unicast one, where peers answer the node's queries) and
+what the core made of it: our own multicast looped back, a lanchat datagram it
+accepted, or a drop (key mismatch, another protocol version, not lanchat at
+all). It also reads the interfaces, their addresses and the default routes
+(/proc/net/route). `gather(transport=...)` runs it on a fake LAN instead.
 
 The decide is a pure function from that `Evidence` to `Finding`s, each with a
 status ("ok", "warning", "problem"), what was found, the evidence and the fix;
@@ -21,10 +22,9 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
-import socket
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -32,10 +32,12 @@ from typing import Any, Final, Literal
 from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat import netif
-from lanchat.core import Address, Datagram, Stats
+from lanchat.core import Address
 from lanchat.errors import InterfaceError, LanchatError
 from lanchat.node import Node
 from lanchat.render import sanitize
+from lanchat.trace import GROUP, UNICAST
+from lanchat.transport import Transport, UdpTransport
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -64,9 +66,6 @@ WARNING: Final = "warning"
 PROBLEM: Final = "problem"
 _RANK: Final = {OK: 0, WARNING: 1, PROBLEM: 2}
 
-GROUP: Final = "group"  # arrived on the group socket (multicast)
-UNICAST: Final = "unicast"  # arrived on the unicast socket (answers, pings, directs)
-
 # Two seconds cover the start-up queries (sent over 0.85 s, config.QUERY_DELAYS),
 # the answers (spread over at most 0.5 s) and at least one heartbeat of every
 # member (jittered over 0.5-1.5 s at the default 1 s interval).
@@ -80,18 +79,11 @@ _MAX_SOURCES: Final = 256
 # Names listed in one line of evidence before "and N more".
 _MAX_LISTED: Final = 8
 
-# Core counters the tap watches, in the order they are checked; anything else is accepted.
-_COUNTERS: Final = (
-    "own",
-    "foreign",
-    "wrong_version",
-    "sealed",
-    "unknown_key",
-    "forged",
-    "unsealed",
-    "replayed",
-    "malformed",
-)
+# Drop reasons (Stats counters) the tap notes; a datagram dropped for another is heard.
+_NOTED: Final = frozenset(
+    ("own", "foreign", "wrong_version", "sealed", "unknown_key", "forged", "unsealed",
+     "replayed", "malformed")
+)  # fmt: skip
 _KEY_MISMATCH: Final = {
     "sealed": "sealed with a key, and you have none",
     "unknown_key": "sealed with a key you do not hold",
@@ -785,9 +777,9 @@ def read_default_routes(path: Path = _PROC_ROUTE) -> tuple[Route, ...] | None:
 
 @dataclass
 class _Tap:
-    """What one node heard, by source and socket, and what the core made of it."""
+    """A node's tracer (lanchat.trace): what it heard, by source and socket, and its fate."""
 
-    multicast_sent: int = 0
+    group_sent: int = 0  # datagrams the core sent to the group (once per joined interface)
     own: int = 0
     accepted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ip, channel)
     drops: Counter[tuple[str, str]] = field(default_factory=Counter)  # (ip, reason)
@@ -800,68 +792,24 @@ class _Tap:
         elif outcome != "replayed":  # a copy heard twice: nothing wrong
             _bounded_add(self.drops, (ip, outcome))
 
+    def datagram_accepted(
+        self, source: Address, channel: str, kind: str, sender: bytes, now: float
+    ) -> None:
+        self.note(source[0], channel, "accepted")
+
+    def datagram_dropped(self, source: Address, channel: str, reason: str, now: float) -> None:
+        # The doctor asks what arrives: a datagram dropped for the node's own reasons
+        # (a rate limit, a stale instance, off link) arrived all the same.
+        self.note(source[0], channel, reason if reason in _NOTED else "accepted")
+
+    def datagram_queued(self, to: Address | None, kind: str) -> None:
+        if to is None:
+            self.group_sent += 1
+
 
 def _bounded_add(counter: Counter[tuple[str, str]], key: tuple[str, str]) -> None:
     if key in counter or len(counter) < _MAX_SOURCES:
         counter[key] += 1
-
-
-def _counters(stats: Stats) -> tuple[int, ...]:
-    return tuple(getattr(stats, name) for name in _COUNTERS)
-
-
-class _TapReceiver(asyncio.DatagramProtocol):
-    """Node's receiver, telling the node which socket (`channel`) a datagram came in on."""
-
-    def __init__(self, node: _TappedNode, channel: str) -> None:
-        self.node = node
-        self.channel = channel
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.node._tapped(data, (addr[0], addr[1]), self.channel)
-
-    def error_received(self, exc: Exception) -> None:
-        self.node.send_errors += 1
-
-
-class _TappedNode(Node):
-    """A Node that notes every datagram's source, socket and fate in `tap`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.tap = _Tap()
-
-    async def _endpoint(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol: asyncio.DatagramProtocol | None = None,
-    ) -> asyncio.DatagramTransport:
-        """Node's `_endpoint`, with a receiver that knows the group socket from the others."""
-        host, port = sock.getsockname()[:2]
-        channel = GROUP if port == self.port and host in (self.group, "0.0.0.0") else UNICAST
-        sock.setblocking(False)
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _TapReceiver(self, channel), sock=sock
-        )
-        self._transports.append(transport)
-        return transport
-
-    def _tapped(self, data: bytes, source: Address, channel: str) -> None:
-        """Hand the datagram to the node; note which core counter it moved, if any."""
-        core = self._core
-        if core is None:
-            return
-        before = _counters(core.stats)
-        self._on_datagram(data, source)
-        after = _counters(core.stats)
-        moved = [name for name, b, a in zip(_COUNTERS, before, after, strict=True) if a != b]
-        self.tap.note(source[0], channel, moved[0] if moved else "accepted")
-
-    def _send(self, dgram: Datagram) -> None:
-        if dgram.to is None:
-            self.tap.multicast_sent += len(self._senders)
-        super()._send(dgram)
 
 
 def _peer_seen(peer: ev.PeerInfo, tap: _Tap) -> PeerSeen:
@@ -877,8 +825,17 @@ def _peer_seen(peer: ev.PeerInfo, tap: _Tap) -> PeerSeen:
     )
 
 
-def _observed(info: netif.InterfaceInfo, node: _TappedNode) -> InterfaceEvidence:
-    tap = node.tap
+@dataclass(frozen=True)
+class _Listener:
+    """The one-shot node listening on one interface, its transport and its tracer."""
+
+    node: Node
+    transport: Transport
+    tap: _Tap
+
+
+def _observed(info: netif.InterfaceInfo, listener: _Listener) -> InterfaceEvidence:
+    node, tap = listener.node, listener.tap
     peers = tuple(_peer_seen(p, tap) for p in node.peers())
     peer_addresses = {a for p in node.peers() for a in (*p.addresses, p.address)}
     others = sorted({ip for ip, _ in tap.accepted} - peer_addresses)
@@ -887,7 +844,7 @@ def _observed(info: netif.InterfaceInfo, node: _TappedNode) -> InterfaceEvidence
         address=info.ipv4[0].address,
         cidr=info.ipv4[0].cidr,
         loopback=info.loopback,
-        sent=tap.multicast_sent,
+        sent=tap.group_sent * len(listener.transport.joined),  # a copy out of each one
         send_errors=node.send_errors,
         own=tap.own,
         peers=peers,
@@ -912,6 +869,10 @@ _IPV6_ONLY_HINT = "drop --ipv4-only"
 _IPV6_ONLY_DOCTOR = "lanchat uses IPv6 there; the doctor checks IPv4 only"
 
 
+# Makes a node's transport: `UdpTransport` (the default), or a fake LAN's in tests.
+MakeTransport = Callable[[], Transport]
+
+
 async def gather(
     *,
     group: str = cfg.DEFAULT_GROUP,
@@ -921,8 +882,15 @@ async def gather(
     exclude: Sequence[str] = (),
     keys: Sequence[bytes] = (),
     wait: float = DEFAULT_WAIT,
+    transport: MakeTransport | None = None,
 ) -> Evidence:
-    """Listen `wait` seconds on every chosen interface (one one-shot node each); the evidence."""
+    """Listen `wait` seconds on every chosen interface (one one-shot node each); the evidence.
+
+    `transport` makes each node's transport, and the interfaces are read through
+    one (`lanchat.testing.FakeLan.transport` runs the doctor on a fake LAN, in
+    virtual time); by default real UDP sockets, and the host's default routes too.
+    """
+    make = transport or _udp_transport(group, port, ttl)
     base = Evidence(
         group=group,
         port=port,
@@ -930,11 +898,13 @@ async def gather(
         wait=wait,
         keys=len(keys),
         named=tuple(interfaces),
-        default_routes=read_default_routes(),
+        default_routes=read_default_routes() if transport is None else None,
         platform=sys.platform,
     )
     try:
-        infos = netif.read_interfaces()
+        # A transport of its own reads them: unopened, it holds nothing (a fake LAN's
+        # stays down), and each node then opens a fresh one.
+        infos = netif.read_interfaces() if transport is None else transport().read_interfaces()
     except OSError as exc:
         return dataclasses.replace(
             base, choice_error=f"cannot read the network interfaces: {exc.strerror or exc}"
@@ -956,11 +926,13 @@ async def gather(
         if not v.used and v.name in by_name
     )
     observed: dict[str, InterfaceEvidence] = {}
-    nodes: list[tuple[netif.InterfaceInfo, _TappedNode]] = []
+    listeners: list[tuple[netif.InterfaceInfo, _Listener]] = []
     try:
         for info in choice.used:
+            tap = _Tap()
             try:
-                node = _TappedNode(
+                carrier = make()
+                node = Node(
                     "doctor",
                     group=group,
                     port=port,
@@ -970,19 +942,21 @@ async def gather(
                     keys=keys,
                     interface_poll_interval=None,
                     ipv4_only=True,
+                    transport=carrier,
+                    tracer=tap,
                 )
                 await node.start()
             except (LanchatError, OSError) as exc:
                 observed[info.name] = _failed(info, exc)
                 continue
-            nodes.append((info, node))
-        if nodes:
+            listeners.append((info, _Listener(node, carrier, tap)))
+        if listeners:
             await asyncio.sleep(wait)
-        for info, node in nodes:
-            observed[info.name] = _observed(info, node)
+        for info, listener in listeners:
+            observed[info.name] = _observed(info, listener)
     finally:
-        for _, node in nodes:
-            await node.close()
+        for _, listener in listeners:
+            await listener.node.close()
     return dataclasses.replace(
         base,
         loopback_fallback=choice.loopback_only and not interfaces,
@@ -990,3 +964,15 @@ async def gather(
         skipped=skipped,
         local_addresses=local,
     )
+
+
+def _udp_transport(group: str, port: int, ttl: int) -> MakeTransport:
+    """Real sockets, as a Node makes them for itself with ipv4_only."""
+
+    def make() -> Transport:
+        return UdpTransport(
+            group=cfg.check_group(group), group6=cfg.ipv6_group(group), port=port, ttl=ttl,
+            ipv4=True, ipv6=False,
+        )  # fmt: skip
+
+    return make

@@ -11,6 +11,9 @@ Multicast reaches every station with an address in the sender interface's
 subnet (a /24, or a /16 with `prefix=16` for groups of more than 250 nodes) and
 loops back to the sender, as IP_MULTICAST_LOOP does on a real host.
 
+A Node's transport (`Endpoint`) is told the socket a datagram would come in on
+(lanchat.trace): GROUP if sent to the group, UNICAST if sent to its unicast port.
+
 Every datagram handed to the LAN is logged in `lan.sent` (time, sender,
 destination, bytes, and which receivers lost it). A core whose `handle_timer(now)`
 leaves its timer at or before `now` raises `TimerStuck` (a driver would spin).
@@ -34,6 +37,7 @@ from lanchat import events as ev
 from lanchat.config import NodeConfig
 from lanchat.core import Address, Datagram, Identity, NodeCore
 from lanchat.seal import KeyRing
+from lanchat.trace import GROUP, UNICAST
 
 
 class TimerStuck(AssertionError):
@@ -83,8 +87,8 @@ class Station:
     loss_out: float = 0.0
     partitioned: bool = False
 
-    def receive(self, data: bytes, source: Address) -> None:
-        """A datagram arrives from `source`."""
+    def receive(self, data: bytes, source: Address, channel: str) -> None:
+        """A datagram arrives from `source` on `channel` (GROUP or UNICAST)."""
         raise NotImplementedError
 
 
@@ -110,8 +114,8 @@ class FakeNode(Station):
         """The events of one type this node emitted so far."""
         return [e for e in self.events if isinstance(e, kind)]
 
-    def receive(self, data: bytes, source: Address) -> None:
-        self.core.receive_datagram(data, source, self.lan.now)
+    def receive(self, data: bytes, source: Address, channel: str) -> None:
+        self.core.receive_datagram(data, source, self.lan.now)  # a bare core: no channel
         self.lan._service(self)
 
 
@@ -119,10 +123,10 @@ class FakeNode(Station):
 class Endpoint(Station):
     """A station driven from outside (a Node's transport): arrivals go to `deliver`."""
 
-    deliver: Callable[[bytes, Address], None] = field(kw_only=True)
+    deliver: Callable[[bytes, Address, str], None] = field(kw_only=True)
 
-    def receive(self, data: bytes, source: Address) -> None:
-        self.deliver(data, source)
+    def receive(self, data: bytes, source: Address, channel: str) -> None:
+        self.deliver(data, source, channel)
 
     def send(self, data: bytes, to: Address | None) -> None:
         """Hand a datagram to the LAN: to the group (None) or to a unicast address."""
@@ -231,7 +235,7 @@ class FakeLan:
     def add_endpoint(
         self,
         name: str,
-        deliver: Callable[[bytes, Address], None],
+        deliver: Callable[[bytes, Address, str], None],
         *,
         ips: Iterable[str] | None = None,
     ) -> Endpoint:
@@ -411,6 +415,7 @@ class FakeLan:
 
     def _deliver(self, sent: Sent, dst: Station, source: Address) -> None:
         src, data = sent.sender, sent.data
+        channel = GROUP if sent.to is None else UNICAST
         copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
         for _ in range(copies):
             if src is not dst and self._lost(src, dst):
@@ -422,6 +427,6 @@ class FakeLan:
             def arrive(dst: Station = dst, source: Address = source) -> None:
                 if dst.up:
                     self.delivered += 1
-                    dst.receive(data, source)
+                    dst.receive(data, source, channel)
 
             self._schedule(when, arrive)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat import netif
-from lanchat.core import RECALL_KEEP, Address, Datagram, Identity, NodeCore, Stats
+from lanchat.core import RECALL_KEEP, Address, Identity, NodeCore, Stats
 from lanchat.errors import (
     ClosedError,
     ConfigError,
@@ -54,6 +54,7 @@ from lanchat.errors import (
 from lanchat.identity import IdentityLease, acquire_identity, ephemeral_identity
 from lanchat.ratelimit import is_loopback
 from lanchat.seal import KeyRing
+from lanchat.trace import Tracer
 from lanchat.transport import Pending, Receiver, Transport, UdpTransport, join_hint, send_hint
 
 if TYPE_CHECKING:  # sqlite3 is imported only by a node that keeps history
@@ -119,6 +120,7 @@ class Node:
         ipv6_only: bool = False,
         transport: Transport | None = None,
         rng: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """`history`: True keeps messages in the user's history file, a Path in that file.
 
@@ -132,7 +134,9 @@ class Node:
 
         `transport`: how datagrams travel (default: `UdpTransport`, real sockets on
         `group` and `port`; `lanchat.testing.FakeLan.transport()` in tests). `rng`:
-        the core's randomness (jitter), seeded for a reproducible test.
+        the core's randomness (jitter), seeded for a reproducible test. `tracer`:
+        told what happens to every datagram, and on which socket it came
+        (`lanchat.trace`; `lanchat doctor` uses one).
         """
         if ipv4_only and ipv6_only:
             raise ConfigError("--ipv4-only and --ipv6-only exclude each other: choose one")
@@ -163,12 +167,12 @@ class Node:
         self._excluded = tuple(exclude_interfaces)
         self._poll_interval = interface_poll_interval
         self._netlink = netlink
-        self._transports: list[asyncio.DatagramTransport] = []  # doctor's tap appends to it
         self._transport: Transport = transport or UdpTransport(
             group=self.group, group6=self.group6, port=self.port, ttl=ttl,
-            ipv4=self.ipv4, ipv6=self.ipv6, endpoint=self._endpoint,
+            ipv4=self.ipv4, ipv6=self.ipv6,
         )  # fmt: skip
         self._rng = rng
+        self._tracer = tracer
         self._receiver = Receiver(self._on_datagram, self._send_failed, self._join_failed)
         self.choice = self._choose(self._transport.read_interfaces())
         self.keys = KeyRing(tuple(keys)) if keys else None
@@ -242,6 +246,7 @@ class Node:
             uport=uport,
             rng=self._rng or random.Random(),
             keys=self.keys,
+            tracer=self._tracer,
         )
         self._started_at = loop.time()
         self._core.start(self._started_at)
@@ -287,7 +292,6 @@ class Node:
             self._timer.cancel()
             self._timer = None
         self._transport.close()
-        self._transports.clear()
 
     def _choose(self, infos: Sequence[netif.InterfaceInfo]) -> netif.Choice:
         return netif.choose_interfaces(
@@ -299,18 +303,8 @@ class Node:
 
     @property
     def _senders(self) -> Collection[netif.InterfaceAddress]:
-        """The interface addresses the group is sent on (doctor's tap counts them)."""
+        """The interface addresses the group is sent on."""
         return self._transport.joined
-
-    async def _endpoint(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol: asyncio.DatagramProtocol | None = None,
-    ) -> asyncio.DatagramTransport:
-        """Wrap one of UdpTransport's sockets (doctor's tap overrides it to see each socket)."""
-        assert isinstance(self._transport, UdpTransport)
-        return await self._transport.endpoint(loop, sock, protocol)
 
     # ------------------------------------------------------------- driving
 
@@ -318,7 +312,9 @@ class Node:
         assert self._loop is not None
         return self._loop.time()
 
-    def _on_datagram(self, data: bytes, source: Address, pending: Pending | None = None) -> None:
+    def _on_datagram(
+        self, data: bytes, source: Address, pending: Pending | None, channel: str
+    ) -> None:
         """One datagram from the transport, then what else is `pending` (up to _RECV_BATCH)."""
         core = self._core
         if core is None or self._closed.is_set():
@@ -329,14 +325,14 @@ class Node:
             self._link_choice = self.choice
         receive, link, on_link = core.receive_datagram, self._link_cache, self._on_link
         ip = source[0]
-        receive(data, source, now, on_link=link.get(ip) or on_link(ip))
+        receive(data, source, now, on_link=link.get(ip) or on_link(ip), channel=channel)
         for _ in range(_RECV_BATCH - 1):
             more = pending() if pending is not None else None
             if more is None:
                 break
             data, source = more
             ip = source[0]
-            receive(data, source, now, on_link=link.get(ip) or on_link(ip))
+            receive(data, source, now, on_link=link.get(ip) or on_link(ip), channel=channel)
         self._pump()
 
     def _on_link(self, ip: str) -> bool:
@@ -363,7 +359,7 @@ class Node:
         core = self._core
         assert core is not None and self._loop is not None
         for dgram in core.datagrams_to_send():
-            self._send(dgram)
+            self._transport.send(dgram)
         while (event := core.next_event()) is not None:
             self._publish(event)
         when = core.get_timer()
@@ -381,10 +377,6 @@ class Node:
                 queue.get_nowait()
                 self.dropped_events += 1
             queue.put_nowait(event)
-
-    def _send(self, dgram: Datagram) -> None:
-        """Send one datagram (doctor's tap overrides it to count them)."""
-        self._transport.send(dgram)
 
     def _send_failed(self, where: str, exc: OSError | None) -> None:
         self.send_errors += 1

@@ -118,9 +118,9 @@ class FakeTransport:
             self.lan.crash(self.station)
             self._receiver = None
 
-    def _arrive(self, data: bytes, source: Address) -> None:
+    def _arrive(self, data: bytes, source: Address, channel: str) -> None:
         if self._receiver is not None:
-            self._receiver.datagram(data, source, None)
+            self._receiver.datagram(data, source, None, channel)
 
 
 class FakeLan(fakelan.FakeLan):

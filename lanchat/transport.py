@@ -3,8 +3,8 @@
 A Node chooses its interfaces (`netif`) and drives its core; a transport only
 moves datagrams: it reads the host's interfaces, opens on the chosen ones,
 sends a `Datagram` to the group (every joined interface) or to a unicast
-address, hands what arrives to the node with its source (`Receiver`), and
-tells of send and join errors. `UdpTransport` is the real one (the default);
+address, hands what arrives to the node with its source and the socket it came
+in on (`Receiver`), and tells of send and join errors. `UdpTransport` is the real one (the default);
 `lanchat.testing.FakeLan.transport()` gives an in-memory one, as trio's
 `FakeNet` and httpx's `MockTransport` do.
 
@@ -25,13 +25,14 @@ import errno
 import socket
 import struct
 import sys
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from lanchat import netif
 from lanchat.core import Address, Datagram
 from lanchat.errors import NetworkError
+from lanchat.trace import GROUP, UNICAST
 
 _IP_MULTICAST_ALL: Final = 49  # Linux: deliver only groups this socket joined
 _IPV6_MULTICAST_ALL: Final = 29  # the same for IPv6 (Linux 4.20+; older ones ignore it)
@@ -58,7 +59,9 @@ Pending = Callable[[], tuple[bytes, Address] | None]
 class Receiver:
     """What a transport calls on its node."""
 
-    datagram: Callable[[bytes, Address, Pending | None], None]
+    # A datagram, its source, what else its socket holds, and the socket it came in
+    # on: lanchat.trace.GROUP (the group socket) or UNICAST (the node's own port).
+    datagram: Callable[[bytes, Address, Pending | None, str], None]
     # A send failed on `where` (an interface, "unicast", or "" for a socket's own
     # error); counted, and reported when the OSError is given.
     send_failed: Callable[[str, OSError | None], None]
@@ -243,12 +246,14 @@ def _source(addr: tuple[Any, ...]) -> Address:
 class _Receiver(asyncio.DatagramProtocol):
     """Hands a datagram to the node, with what else its socket holds (`pending`)."""
 
-    def __init__(self, receiver: Receiver, sock: socket.socket | None = None) -> None:
+    def __init__(self, receiver: Receiver, channel: str, sock: socket.socket | None = None) -> None:
         self.receiver = receiver
+        self.channel = channel  # GROUP or UNICAST
         self.sock = sock
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.receiver.datagram(data, _source(addr), self.pending if self.sock else None)
+        pending = self.pending if self.sock else None
+        self.receiver.datagram(data, _source(addr), pending, self.channel)
 
     def pending(self) -> tuple[bytes, Address] | None:
         try:
@@ -268,19 +273,11 @@ class _Sender(_Receiver):
     """The protocol of a send socket: its errors are reported with the interface's name."""
 
     def __init__(self, receiver: Receiver, where: str) -> None:
-        super().__init__(receiver)
+        super().__init__(receiver, UNICAST)  # a unicast reply to its port, rare
         self.where = where
 
     def error_received(self, exc: Exception) -> None:
         self.receiver.send_failed(self.where, exc if isinstance(exc, OSError) else None)
-
-
-# Wraps a socket in an asyncio endpoint: (loop, socket, protocol or None for the
-# default receiver) -> the endpoint's transport.
-Endpoint = Callable[
-    [asyncio.AbstractEventLoop, socket.socket, asyncio.DatagramProtocol | None],
-    Awaitable[asyncio.DatagramTransport],
-]
 
 
 class UdpTransport:
@@ -295,12 +292,9 @@ class UdpTransport:
         ttl: int,
         ipv4: bool = True,
         ipv6: bool = True,
-        endpoint: Endpoint | None = None,
     ) -> None:
-        """`endpoint` wraps each socket (default: `self.endpoint`), for a node that taps them."""
         self.group, self.group6, self.port, self.ttl = group, group6, port, ttl
         self.ipv4, self.ipv6 = ipv4, ipv6
-        self._make_endpoint = endpoint or self.endpoint
         self._receiver: Receiver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._endpoints: list[asyncio.DatagramTransport] = []
@@ -327,7 +321,7 @@ class UdpTransport:
         loop = self._loop = asyncio.get_running_loop()
         if self.ipv4:
             self._rx = self._open_group_socket(socket.AF_INET)
-            await self._wrap(loop, self._rx)
+            await self._wrap(loop, self._rx, _Receiver(receiver, GROUP, self._rx))
         if self.ipv6:
             try:
                 self._rx6 = self._open_group_socket(socket.AF_INET6)
@@ -338,7 +332,7 @@ class UdpTransport:
                 else:
                     raise
             else:
-                await self._wrap(loop, self._rx6)
+                await self._wrap(loop, self._rx6, _Receiver(receiver, GROUP, self._rx6))
         joined = []
         for where in wanted:
             try:
@@ -352,7 +346,8 @@ class UdpTransport:
             joined.append(where)
         if not joined:
             raise NetworkError(0, f"cannot join {self.group} on any interface")
-        self._unicast = await self._wrap(loop, self._open_unicast_socket())
+        unicast = self._open_unicast_socket()
+        self._unicast = await self._wrap(loop, unicast, _Receiver(receiver, UNICAST, unicast))
         for where in joined:
             try:
                 self.senders[where] = await self._open_sender(loop, where)
@@ -426,27 +421,13 @@ class UdpTransport:
         self._unicast = None
         self._rx = self._rx6 = None
 
-    async def endpoint(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol: asyncio.DatagramProtocol | None = None,
-    ) -> asyncio.DatagramTransport:
-        """An asyncio endpoint on `sock`; its datagrams go to the node (default protocol)."""
-        assert self._receiver is not None, "not open"
-        sock.setblocking(False)
-        made = protocol or _Receiver(self._receiver, sock)
-        transport, _ = await loop.create_datagram_endpoint(lambda: made, sock=sock)
-        return transport
-
     async def _wrap(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol: asyncio.DatagramProtocol | None = None,
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: _Receiver
     ) -> asyncio.DatagramTransport:
+        """An asyncio endpoint on `sock`, its datagrams and errors going to `protocol`."""
         try:
-            transport = await self._make_endpoint(loop, sock, protocol)
+            sock.setblocking(False)
+            transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
         except BaseException:
             sock.close()
             raise

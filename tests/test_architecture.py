@@ -15,7 +15,7 @@ PACKAGE = Path(lanchat.__file__).parent
 CORE = [
     "codec.py", "config.py", "core.py", "events.py", "membership.py", "errors.py", "fakelan.py",
     "part.py", "stats.py", "dedup.py", "heartbeat.py", "delivery.py", "reports.py", "repair.py",
-    "catchup.py", "pairing.py", "ratelimit.py", "seal.py",
+    "catchup.py", "pairing.py", "ratelimit.py", "seal.py", "trace.py",
 ]  # fmt: skip
 BANNED = {"socket", "asyncio", "time", "netifaces", "click", "select", "selectors", "os"}
 

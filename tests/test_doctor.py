@@ -1,17 +1,20 @@
-"""`lanchat doctor`: the pure verdicts on made-up evidence, and the command on loopback."""
+"""`lanchat doctor`: the pure verdicts on made-up evidence, doctor on a fake LAN, and on lo."""
 
 from __future__ import annotations
 
 import dataclasses
 import errno
 import json
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lanchat import doctor
+from lanchat import doctor, netif
+from lanchat.core import Datagram, Identity
 from lanchat.doctor import (
     Drop,
     Evidence,
@@ -24,6 +27,8 @@ from lanchat.doctor import (
     diagnose,
 )
 from lanchat.errors import ConfigError
+from lanchat.node import Node
+from lanchat.testing import FakeLan, FakeTransport, run
 from tests.loopback_helpers import cli
 
 GROUP, PORT = "239.255.76.67", 47667
@@ -374,6 +379,99 @@ def test_tap_tables_are_bounded() -> None:
     tap.note("10.0.0.0", doctor.GROUP, "replayed")  # a copy heard twice: not a problem
     assert len(tap.accepted) == len(tap.drops) == doctor._MAX_SOURCES
     assert tap.accepted[("10.0.0.0", doctor.GROUP)] == 2 and tap.own == 1
+
+
+# ------------------------------------------------------ doctor on a fake LAN
+
+DOCTOR_IP = "10.0.0.200"
+
+
+@pytest.fixture
+def no_real_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Records every IP socket opened and every read of the host's interfaces or routes."""
+    touched: list[str] = []
+    real_init = socket.socket.__init__
+
+    def guarded(self: socket.socket, family: Any = -1, *args: Any, **kwargs: Any) -> None:
+        if family in (-1, socket.AF_INET, socket.AF_INET6):
+            touched.append(f"socket {family}")
+        real_init(self, family, *args, **kwargs)
+
+    def no_read(*args: Any) -> Any:
+        touched.append("host read")
+        return []
+
+    monkeypatch.setattr(socket.socket, "__init__", guarded)
+    monkeypatch.setattr(netif, "read_interfaces", no_read)
+    monkeypatch.setattr(doctor, "read_default_routes", no_read)
+    yield touched
+
+
+class MulticastDropped(FakeTransport):
+    """A host whose multicast the network never delivers (IGMP snooping without a querier)."""
+
+    def send(self, dgram: Datagram) -> None:
+        if dgram.to is not None:
+            super().send(dgram)
+
+
+def test_doctor_on_a_fake_lan_hears_both_peers(no_real_network: list[str]) -> None:
+    lan = FakeLan(seed=5)
+
+    async def main() -> Evidence:
+        async with lan.node("bob"), lan.node("carol"):
+            return await doctor.gather(transport=lambda: lan.transport("doctor", ips=[DOCTOR_IP]))
+
+    ev = run(main())
+    assert no_real_network == [], "doctor on the fake LAN touched the host's network"
+    found = diagnose(ev)
+    assert statuses(found) == {"ok"}, [(f.finding, f.evidence) for f in found]
+    assert one(found, "peers heard").finding == "2 peers heard"
+    (fake0,) = ev.interfaces
+    assert (fake0.name, fake0.address, fake0.cidr) == ("fake0", DOCTOR_IP, f"{DOCTOR_IP}/24")
+    assert fake0.own == fake0.sent > 0 and fake0.drops == () and fake0.others == ()
+    assert {p.nick for p in fake0.peers} == {"bob", "carol"}
+    assert all(p.by_group >= 1 and p.by_unicast >= 1 for p in fake0.peers), fake0.peers
+    assert ev.local_addresses == (DOCTOR_IP,) and ev.default_routes is None
+    assert doctor.render(ev, found).endswith("result: lanchat can work here (fake0)")
+
+
+def test_doctor_on_a_fake_lan_sees_a_peer_whose_multicast_is_dropped() -> None:
+    lan = FakeLan(seed=6)
+    identity = Identity(lan.rng.randbytes(8), lan.new_instance())
+    bob = Node("bob", transport=MulticastDropped(lan, "bob"), identity=identity, host="bob-pc")
+
+    async def main() -> Evidence:
+        async with bob, lan.node("carol"):
+            return await doctor.gather(transport=lambda: lan.transport("doctor", ips=[DOCTOR_IP]))
+
+    ev = run(main())
+    peers = {p.nick: p for p in ev.interfaces[0].peers}
+    assert peers["bob"].by_group == 0 and peers["bob"].by_unicast >= 1, "bob answered our query"
+    assert peers["carol"].by_group >= 1
+    found = diagnose(ev)
+    verdict = one(found, "their multicast never reaches this host")
+    assert verdict.status == "problem" and verdict.interface == "fake0"
+    assert verdict.evidence.startswith("bob answered our query by unicast")
+    assert not can_work(found)
+
+
+def test_doctor_on_a_fake_lan_names_a_key_mismatch() -> None:
+    lan = FakeLan(seed=7)
+    key = bytes(range(32))
+
+    async def main() -> Evidence:
+        async with lan.node("bob", keys=[key]):
+            return await doctor.gather(transport=lambda: lan.transport("doctor", ips=[DOCTOR_IP]))
+
+    ev = run(main())
+    (fake0,) = ev.interfaces
+    assert fake0.peers == () and [d.reason for d in fake0.drops] == ["sealed"]
+    assert fake0.drops[0].address == lan.stations[0].ips[0]
+    verdict = one(diagnose(ev), "key mismatch")
+    assert verdict.status == "problem" and "sealed with a key, and you have none" in (
+        verdict.evidence
+    )
 
 
 # --------------------------------------------------------- the command on lo
