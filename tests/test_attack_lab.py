@@ -99,7 +99,10 @@ def peer_event(listener: Listener, nick: str, timeout: float = 10.0) -> Event:
     return peer
 
 
-def scene(lab: Lab, net: LanchatNet, made: list[Talker]) -> Scene:
+@pytest.fixture
+def scene(lab: Lab, net: LanchatNet, talkers: list[Talker]) -> Scene:
+    """hosts a, b, m: alice and bob chat; alice's observer knows both."""
+    made = talkers
     a, b, m = lab.hosts(3)
     observer = net.listen(a)
     alice = talker(net, a, "alice", made)
@@ -138,40 +141,40 @@ def tracebacks(*texts: str) -> list[str]:
 # --------------------------------------------------------------- 1. takeover
 
 
-def test_a_forged_beat_cannot_take_over_a_known_peer(
-    lab: Lab, net: LanchatNet, tmp_path: Path, talkers: list[Talker]
-) -> None:
-    s = scene(lab, net, talkers)
-    m, bob_address = s.mallory, s.bob_peer["address"]
+def test_a_forged_beat_cannot_take_over_a_known_peer(scene: Scene, tmp_path: Path) -> None:
+    m, bob_address = scene.mallory, scene.bob_peer["address"]
     forged = codec.encode(
-        codec.Beat(s.bob_id, U64_MAX, "bob", "evil", TRAP_PORT, "online", "", (ROOM,), 0, 3_600_000)
+        codec.Beat(
+            scene.bob_id, U64_MAX, "bob", "evil", TRAP_PORT, "online", "", (ROOM,), 0, 3_600_000
+        )
     )
     catcher = Catcher(m, tmp_path / "caught.json", seconds=12)
     group = [
         Forged(src, TRAP_PORT, DEFAULT_GROUP, DEFAULT_PORT, forged)
         for src in (m.address, bob_address)
     ]
-    unicast = [Forged(m.address, TRAP_PORT, s.alice_host.address, s.alice_port, forged)]
+    unicast = [Forged(m.address, TRAP_PORT, scene.alice_host.address, scene.alice_port, forged)]
     spec = Spec(m.address, group + unicast, repeat=100, rate=30, seconds=8)
     attack = start_send(m, spec, tmp_path / "spec.json")
     time.sleep(1.0)
-    s.bob.say("said-after-the-forgery")
-    s.alice.say("/msg bob direct-after-the-forgery")
+    scene.bob.say("said-after-the-forgery")
+    scene.alice.say("/msg bob direct-after-the-forgery")
     problems = []
-    if not shown(s.observer, "chat_received", "said-after-the-forgery"):
+    if not shown(scene.observer, "chat_received", "said-after-the-forgery"):
         problems.append("bob's chat after a forged Beat (his id, instance 2^64-1) was not shown")
-    if not s.bob.wait_output("direct-after-the-forgery", 7.0):
+    if not scene.bob.wait_output("direct-after-the-forgery", 7.0):
         problems.append("alice's direct message to bob did not reach bob after the forgery")
     report = finish(attack)
     caught = message_types(catcher.caught())
     restarted = [
-        e["peer"]["instance"] for e in s.observer.of("peer_restarted", s.bob_peer["peer_id"])
+        e["peer"]["instance"]
+        for e in scene.observer.of("peer_restarted", scene.bob_peer["peer_id"])
     ]
     if restarted:
         problems.append(f"a forged Beat replaced bob's instance: peer_restarted to {restarted}")
-    latest = [e["peer"] for e in s.observer.snapshot() if isinstance(e.get("peer"), dict)
-              and e["peer"]["peer_id"] == s.bob_peer["peer_id"]][-1]  # fmt: skip
-    if latest["instance"] != s.bob_instance or m.address in latest["addresses"]:
+    latest = [e["peer"] for e in scene.observer.snapshot() if isinstance(e.get("peer"), dict)
+              and e["peer"]["peer_id"] == scene.bob_peer["peer_id"]][-1]  # fmt: skip
+    if latest["instance"] != scene.bob_instance or m.address in latest["addresses"]:
         problems.append(f"alice's view of bob changed: {latest}")
     if "Direct" in caught:
         problems.append(f"the attacker's host received alice's Direct to bob: {caught}")
@@ -183,14 +186,15 @@ def test_a_forged_beat_cannot_take_over_a_known_peer(
 
 
 def test_a_forged_ping_or_chat_cannot_add_an_address_to_a_peer(
-    lab: Lab, net: LanchatNet, tmp_path: Path, talkers: list[Talker]
+    scene: Scene, tmp_path: Path
 ) -> None:
-    s = scene(lab, net, talkers)
-    m = s.mallory
-    ping = codec.encode(codec.Ping(s.bob_id, s.bob_instance, 7))
+    m = scene.mallory
+    ping = codec.encode(codec.Ping(scene.bob_id, scene.bob_instance, 7))
     assert len(ping) == 26
-    chat = codec.encode(codec.Chat(s.bob_id, s.bob_instance, 1, "bob", ROOM, "hello-before"))
-    to_alice = (s.alice_host.address, s.alice_port)
+    chat = codec.encode(
+        codec.Chat(scene.bob_id, scene.bob_instance, 1, "bob", ROOM, "hello-before")
+    )
+    to_alice = (scene.alice_host.address, scene.alice_port)
     datagrams = [
         Forged(m.address, TRAP_PORT, *to_alice, ping),
         Forged(m.address, TRAP_PORT, *to_alice, chat),
@@ -198,8 +202,8 @@ def test_a_forged_ping_or_chat_cannot_add_an_address_to_a_peer(
     ]
     catcher = Catcher(m, tmp_path / "caught.json", seconds=10)
     report = send(m, Spec(m.address, datagrams, repeat=5, rate=50), tmp_path / "spec.json")
-    s.alice.say("/msg bob direct-after-the-injection")
-    delivered = s.bob.wait_output("direct-after-the-injection", 7.0)
+    scene.alice.say("/msg bob direct-after-the-injection")
+    delivered = scene.bob.wait_output("direct-after-the-injection", 7.0)
     time.sleep(0.5)
     caught = catcher.caught()
     to_attacker = [
@@ -218,27 +222,26 @@ def test_a_forged_ping_or_chat_cannot_add_an_address_to_a_peer(
 
 
 def test_a_forged_seq_jump_neither_silences_a_peer_nor_reports_absurd_loss(
-    lab: Lab, net: LanchatNet, tmp_path: Path, talkers: list[Talker]
+    scene: Scene, tmp_path: Path
 ) -> None:
-    s = scene(lab, net, talkers)
-    m = s.mallory
-    seqs = [int(e["seq"]) for e in s.observer.of("chat_received", s.bob_peer["peer_id"])]
+    m = scene.mallory
+    seqs = [int(e["seq"]) for e in scene.observer.of("chat_received", scene.bob_peer["peer_id"])]
     current = max(seqs, default=1)
     datagrams = [
         Forged(src, TRAP_PORT, DEFAULT_GROUP, DEFAULT_PORT,
-               codec.encode(codec.Chat(s.bob_id, s.bob_instance, seq, "bob", ROOM, text)))
+               codec.encode(codec.Chat(scene.bob_id, scene.bob_instance, seq, "bob", ROOM, text)))
         for seq, text in ((U64_MAX, "forged-max"), (current + 100_000, "forged-100k"))
-        for src in (m.address, s.bob_peer["address"])
+        for src in (m.address, scene.bob_peer["address"])
     ]  # fmt: skip
     send(m, Spec(m.address, datagrams, repeat=3, rate=50), tmp_path / "spec.json")
-    s.bob.say("said-after-the-jump-1")
-    s.bob.say("said-after-the-jump-2")
+    scene.bob.say("said-after-the-jump-1")
+    scene.bob.say("said-after-the-jump-2")
     problems = []
     for text in ("said-after-the-jump-1", "said-after-the-jump-2"):
-        if not shown(s.observer, "chat_received", text):
+        if not shown(scene.observer, "chat_received", text):
             problems.append(f"bob's line {text!r} after a forged seq jump was not shown")
     time.sleep(1.0)
-    lost = [e for e in s.observer.of("messages_lost") if int(e["count"]) > MAX_LOST]
+    lost = [e for e in scene.observer.of("messages_lost") if int(e["count"]) > MAX_LOST]
     if lost:
         problems.append(f"absurd loss reported after a forged seq: {lost}")
     assert not problems, "rule broken: no seq jump.\n" + "\n".join(problems)
@@ -247,11 +250,8 @@ def test_a_forged_seq_jump_neither_silences_a_peer_nor_reports_absurd_loss(
 # --------------------------------------------------------------- 5. big integers
 
 
-def test_integers_of_2_63_and_above_print_no_traceback(
-    lab: Lab, net: LanchatNet, tmp_path: Path, talkers: list[Talker]
-) -> None:
-    s = scene(lab, net, talkers)
-    m = s.mallory
+def test_integers_of_2_63_and_above_print_no_traceback(scene: Scene, tmp_path: Path) -> None:
+    m = scene.mallory
     ids = [uuid.uuid4().bytes[:8] for _ in range(6)]
     big: list[codec.Message] = [
         codec.Chat(ids[0], U64_MAX, 2**63, "bigint", ROOM, "big-chat-1"),
@@ -266,8 +266,8 @@ def test_integers_of_2_63_and_above_print_no_traceback(
     datagrams = [
         Forged(m.address, TRAP_PORT, DEFAULT_GROUP, DEFAULT_PORT, codec.encode(x)) for x in big
     ]
-    for port_of in (s.observer.port, s.alice_port):
-        address = s.alice_host.address
+    for port_of in (scene.observer.port, scene.alice_port):
+        address = scene.alice_host.address
         datagrams += [
             Forged(m.address, TRAP_PORT, address, port_of, codec.encode(x)) for x in directs
         ]
@@ -276,17 +276,19 @@ def test_integers_of_2_63_and_above_print_no_traceback(
     kinds = {"chat": "chat_received", "notice": "notice_received", "direct": "direct_received"}
     for text in [f"big-{kind}-{i}" for kind in kinds for i in (1, 2)]:
         kind = kinds[text.split("-")[1]]
-        if not shown(s.observer, kind, text, timeout=2.0):
+        if not shown(scene.observer, kind, text, timeout=2.0):
             problems.append(f"listen did not show {kind} {text!r}")
     for text in ("big-chat-1", "big-chat-2", "big-direct-1", "big-direct-2"):
-        if not s.alice.wait_output(text, 1.0):
+        if not scene.alice.wait_output(text, 1.0):
             problems.append(f"join did not show {text!r}")
-    s.bob.say("still-running")
-    if not shown(s.observer, "chat_received", "still-running"):
+    scene.bob.say("still-running")
+    if not shown(scene.observer, "chat_received", "still-running"):
         problems.append("listen stopped showing chat after the big integers")
-    if s.observer.proc.poll() is not None or s.alice.proc.poll() is not None:
+    if scene.observer.proc.poll() is not None or scene.alice.proc.poll() is not None:
         problems.append("a lanchat process exited")
-    problems += [f"a traceback: {t}" for t in tracebacks(s.observer.diagnosis(), s.alice.errors())]
+    problems += [
+        f"a traceback: {t}" for t in tracebacks(scene.observer.diagnosis(), scene.alice.errors())
+    ]
     assert not problems, "rule broken: integers >= 2^63 are handled.\n" + "\n".join(problems)
 
 
@@ -430,23 +432,21 @@ HISTORY_FLOOD_SECONDS = 5.0
 HISTORY_FLOOD_KEPT = history.QUOTA_REMOTE_BURST + history.QUOTA_REMOTE_RATE
 
 
-def test_a_flood_of_forged_lines_cannot_wipe_the_history(
-    lab: Lab, net: LanchatNet, tmp_path: Path, talkers: list[Talker]
-) -> None:
-    s = scene(lab, net, talkers)
-    m = s.mallory
+def test_a_flood_of_forged_lines_cannot_wipe_the_history(scene: Scene, tmp_path: Path) -> None:
+    m = scene.mallory
     older = [f"older-from-bob-{i}" for i in range(3)]
     own = [f"own-line-of-alice-{i}" for i in range(2)]
     for text in older:
-        s.bob.say(text)
+        scene.bob.say(text)
     for text in own:
-        s.alice.say(text)
-    assert s.alice.wait_output(older[-1], SHOW_WAIT), s.alice.output()
-    seq = max(int(e["seq"]) for e in s.observer.of("chat_received", s.bob_peer["peer_id"]))
-    prefix = s.bob_peer["address"].rsplit(".", 1)[0]
+        scene.alice.say(text)
+    assert scene.alice.wait_output(older[-1], SHOW_WAIT), scene.alice.output()
+    seq = max(int(e["seq"]) for e in scene.observer.of("chat_received", scene.bob_peer["peer_id"]))
+    prefix = scene.bob_peer["address"].rsplit(".", 1)[0]
+    bob, instance = scene.bob_id, scene.bob_instance
     datagrams = [
-        Forged(s.bob_peer["address"], TRAP_PORT, DEFAULT_GROUP, DEFAULT_PORT, codec.encode(
-               codec.Chat(s.bob_id, s.bob_instance, seq + 1 + i, "bob", ROOM, f"flood {i}")))
+        Forged(scene.bob_peer["address"], TRAP_PORT, DEFAULT_GROUP, DEFAULT_PORT, codec.encode(
+               codec.Chat(bob, instance, seq + 1 + i, "bob", ROOM, f"flood {i}")))
         for i in range(2000)
     ] + [
         Forged(f"{prefix}.{150 + i % 100}", TRAP_PORT, DEFAULT_GROUP, DEFAULT_PORT,
@@ -457,11 +457,11 @@ def test_a_flood_of_forged_lines_cannot_wipe_the_history(
     spec = Spec(m.address, datagrams, repeat=HISTORY_FLOOD // len(datagrams) + 1,
                 seconds=HISTORY_FLOOD_SECONDS)  # fmt: skip
     report = send(m, spec, tmp_path / "spec.json")
-    s.alice.close()
-    result = s.alice_host.run(
+    scene.alice.close()
+    result = scene.alice_host.run(
         lanchat_argv("history", "--json", "--limit", "1000000"),
         timeout=60,
-        env={"LANCHAT_HOME": str(net.root / f"{s.alice_host.name}-alice")},
+        env={"LANCHAT_HOME": str(scene.alice.out_path.parent)},
     )
     texts = [json.loads(line).get("text") for line in result.stdout.splitlines() if line.strip()]
     print(f"flood: {report.sent:,} lines in {report.seconds:.1f} s; history holds {len(texts):,}")
@@ -469,7 +469,7 @@ def test_a_flood_of_forged_lines_cannot_wipe_the_history(
     assert result.returncode == 0, result.stderr
     assert not missing, f"rule broken: a flood wiped the history; missing {missing}"
     # Only lines within quota can push older ones out (lanchat/history.py: tiers 0 and 1).
-    home = net.root / f"{s.alice_host.name}-alice"
+    home = scene.alice.out_path.parent
     with contextlib.closing(sqlite3.connect(next(home.rglob(history.HISTORY_FILE)))) as db:
         kept = db.execute(
             "SELECT count(*) FROM messages WHERE text LIKE 'flood %' AND tier < 2"
@@ -536,20 +536,19 @@ def peer_states(listener: Listener, peer_ids: set[str]) -> dict[str, tuple[Any, 
 
 
 def test_a_storm_of_mutated_datagrams_changes_no_peer_and_crashes_nothing(
-    lab: Lab, net: LanchatNet, tmp_path: Path, talkers: list[Talker]
+    lab: Lab, net: LanchatNet, scene: Scene, tmp_path: Path
 ) -> None:
-    s = scene(lab, net, talkers)
-    m = s.mallory
+    m = scene.mallory
     carol_host = lab.add_host("carol")
     carol = net.listen(carol_host)
-    watchers = (s.observer, carol)
+    watchers = (scene.observer, carol)
     for listener in watchers:
         peer_event(listener, "bob")
         peer_event(listener, "alice")
     recorder = Catcher(m, tmp_path / "recorded.json", seconds=2.5, group=True)
     for i in range(5):
-        s.bob.say(f"real line {i}")
-        s.alice.say(f"real answer {i}")
+        scene.bob.say(f"real line {i}")
+        scene.alice.say(f"real answer {i}")
         time.sleep(0.2)
     samples = [(src, data) for src, _, data in recorder.caught() if data[:3] == codec.HEADER[:3]]
     assert len(samples) >= 10, f"too few datagrams recorded: {len(samples)}"
@@ -593,5 +592,5 @@ def test_a_storm_of_mutated_datagrams_changes_no_peer_and_crashes_nothing(
         if listener.proc.poll() is not None:
             problems.append(f"{listener} exited")
     problems += [f"a traceback: {t}" for t in tracebacks(
-        *(x.diagnosis() for x in watchers), s.alice.errors(), s.bob.errors())]  # fmt: skip
+        *(x.diagnosis() for x in watchers), scene.alice.errors(), scene.bob.errors())]  # fmt: skip
     assert not problems, "rule broken: a storm of mutated datagrams.\n" + "\n".join(problems)
