@@ -167,6 +167,7 @@ def test_an_answerer_cannot_push_more_or_older_lines_than_asked() -> None:
     lan.run(1)
     recall(lan, j, max_count=3, max_age=60)
     (request,) = [s.msg for s in lan.sent_by(j, codec.Recall)]
+    assert isinstance(request, codec.Recall)
     assert (request.max_count, request.max_age_ms) == (3, 60_000)
     evil = b"\xee" * 8
     entries = tuple(
@@ -185,8 +186,14 @@ def test_recall_refuses_local_misuse() -> None:
     lan = Lan(6)
     j = lan.add_node("j")
     tool = lan.add_node("tool", member=False)
-    for bad in [{"max_age": 0}, {"max_age": RECALL_KEEP + 1}, {"max_count": 0},
-                {"max_count": RECALL_KEEP_LINES + 1}, {"have": [("zz", 1, 1)]}]:  # fmt: skip
+    bads: list[dict[str, Any]] = [
+        {"max_age": 0},
+        {"max_age": RECALL_KEEP + 1},
+        {"max_count": 0},
+        {"max_count": RECALL_KEEP_LINES + 1},
+        {"have": [("zz", 1, 1)]},
+    ]
+    for bad in bads:
         with pytest.raises(ConfigError):
             recall(lan, j, **bad)
     with pytest.raises(ConfigError):

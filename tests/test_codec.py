@@ -954,7 +954,7 @@ def test_unpadded_recall_is_rejected() -> None:
     assert reason_of(padded[:-1]) in {"short recall", "malformed"}
 
 
-ENTRY = [ALICE, ALICE_INSTANCE, 8, "alice", 61_000, "hi"]
+ENTRY: list[Any] = [ALICE, ALICE_INSTANCE, 8, "alice", 61_000, "hi"]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.core import Address, Identity, NodeCore, SeqWindow
 from lanchat.errors import ClosedError, PeerError
-from lanchat.testing import FakeLan, FakeNode, Sent
+from lanchat.testing import FakeLan, FakeNode, Sent, Station
 from tests.probe_helpers import verify
 
 # ------------------------------------------------------------------ helpers
@@ -81,12 +81,12 @@ def drop_incoming(node: FakeNode, drop: Callable[[codec.Message], bool]) -> list
     lost: list[codec.Message] = []
     receive = node.core.receive_datagram
 
-    def receive_datagram(data: bytes, source: Address, now: float) -> None:
+    def receive_datagram(data: bytes, source: Address, now: float, **kw: Any) -> None:
         msg = decoded(data)
         if msg is not None and drop(msg):
             lost.append(msg)
             return
-        receive(data, source, now)
+        receive(data, source, now, **kw)
 
     node.core.receive_datagram = receive_datagram  # type: ignore[method-assign]
     return lost
@@ -291,7 +291,11 @@ def test_duplicated_chat_is_delivered_once() -> None:
     a, b = lan.add_node("a"), lan.add_node("b")
     lan.run(2)
     for i in range(60):
-        lan.call(a, lambda c, now, i=i: c.say("lobby", f"m{i}", now))
+
+        def say(c: NodeCore, now: float, i: int = i) -> int:
+            return c.say("lobby", f"m{i}", now)
+
+        lan.call(a, say)
     lan.run(1)
     texts = [e.text for e in b.of_type(ev.ChatReceived)]
     assert sorted(texts) == sorted(f"m{i}" for i in range(60))
@@ -303,7 +307,11 @@ def test_reordered_chat_is_delivered_once_each() -> None:
     a, b = lan.add_node("a"), lan.add_node("b")
     lan.run(2)
     for i in range(40):
-        lan.call(a, lambda c, now, i=i: c.say("lobby", f"m{i}", now))
+
+        def say(c: NodeCore, now: float, i: int = i) -> int:
+            return c.say("lobby", f"m{i}", now)
+
+        lan.call(a, say)
         lan.run(0.002)
     lan.run(1)
     seqs = [e.seq for e in b.of_type(ev.ChatReceived)]
@@ -327,7 +335,11 @@ def test_huge_sequence_jump_is_accepted_without_a_huge_window() -> None:
     bi = b.core.identity
     for seq in (1, 2**64 - 1, 2**64 - 1, 2**64 - 2, 2):
         chat = codec.encode(codec.Chat(bi.peer_id, bi.instance, seq, "b", "lobby", f"s{seq}"))
-        lan.call(a, lambda c, now, chat=chat: c.receive_datagram(chat, addr(b), now))
+
+        def receive(c: NodeCore, now: float, chat: bytes = chat) -> None:
+            c.receive_datagram(chat, addr(b), now)
+
+        lan.call(a, receive)
     assert [e.seq for e in a.of_type(ev.ChatReceived)] == [1, 2**64 - 1, 2**64 - 2]
     assert a.core.stats.duplicates == 2  # the repeat, and 2: far below the window
 
@@ -463,7 +475,7 @@ def test_leave_survives_a_lost_bye() -> None:
     lan.run(2.2)
     lost: list[float] = []
 
-    def first_copy_lost(src: FakeNode, dst: FakeNode) -> bool:
+    def first_copy_lost(src: Station, dst: Station) -> bool:
         if src is b and dst is a and not lost:
             lost.append(lan.now)
             return True
@@ -534,7 +546,11 @@ def test_restart_replaces_the_peer_and_ignores_the_old_instance() -> None:
     assert [p.peer_id for p in a.core.peers()] == [b.peer_id]
     assert len(a.of_type(ev.PeerJoined)) == 1
     for data in (stale_chat, stale_beat):
-        lan.call(a, lambda c, now, data=data: c.receive_datagram(data, addr(b), now))
+
+        def receive(c: NodeCore, now: float, data: bytes = data) -> None:
+            c.receive_datagram(data, addr(b), now)
+
+        lan.call(a, receive)
     assert a.core.stats.stale == 2
     assert a.core.find_peer("b").instance == b2.core.identity.instance
     lan.call(b2, lambda c, now: c.say("lobby", "after", now))  # seq 1 again, a new stream
@@ -720,7 +736,11 @@ def test_notices_get_through_twenty_percent_loss() -> None:
     sent: set[tuple[str, int]] = set()
     for i in range(20):
         sender = nodes[i % 10]
-        seq = lan.call(sender, lambda c, now, i=i: c.notice(f"notice {i}", now))
+
+        def notice(c: NodeCore, now: float, i: int = i) -> int:
+            return c.notice(f"notice {i}", now)
+
+        seq = lan.call(sender, notice)
         sent.add((sender.peer_id, seq))
         lan.run(0.1)
     lan.run(5)
@@ -756,7 +776,8 @@ def _valid_datagrams() -> dict[str, bytes]:
 
 
 def _raw(*body: Any, header: bytes = codec.HEADER) -> bytes:
-    return header + msgpack.packb(list(body), use_bin_type=True)
+    packed: bytes = msgpack.packb(list(body), use_bin_type=True)
+    return header + packed
 
 
 _S = b"Z" * 8

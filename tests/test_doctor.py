@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lanchat import doctor, netif
+from lanchat import doctor, netif, trace
 from lanchat.core import Datagram, Identity
 from lanchat.doctor import (
     Drop,
@@ -372,13 +372,13 @@ def test_report_json_holds_verdicts_and_raw_evidence() -> None:
 def test_tap_tables_are_bounded() -> None:
     tap = doctor._Tap()
     for i in range(doctor._MAX_SOURCES + 50):
-        tap.note(f"10.0.{i // 256}.{i % 256}", doctor.GROUP, "accepted")
-        tap.note(f"10.1.{i // 256}.{i % 256}", doctor.GROUP, "forged")
-    tap.note("10.0.0.0", doctor.GROUP, "accepted")  # a known source still counts
-    tap.note("10.0.0.0", doctor.GROUP, "own")
-    tap.note("10.0.0.0", doctor.GROUP, "replayed")  # a copy heard twice: not a problem
+        tap.note(f"10.0.{i // 256}.{i % 256}", trace.GROUP, "accepted")
+        tap.note(f"10.1.{i // 256}.{i % 256}", trace.GROUP, "forged")
+    tap.note("10.0.0.0", trace.GROUP, "accepted")  # a known source still counts
+    tap.note("10.0.0.0", trace.GROUP, "own")
+    tap.note("10.0.0.0", trace.GROUP, "replayed")  # a copy heard twice: not a problem
     assert len(tap.accepted) == len(tap.drops) == doctor._MAX_SOURCES
-    assert tap.accepted[("10.0.0.0", doctor.GROUP)] == 2 and tap.own == 1
+    assert tap.accepted[("10.0.0.0", trace.GROUP)] == 2 and tap.own == 1
 
 
 # ------------------------------------------------------ doctor on a fake LAN

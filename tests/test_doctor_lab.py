@@ -43,13 +43,14 @@ def doctor(net: LanchatNet, host: Host, *args: str) -> tuple[int, Report]:
 
 def verdict(report: Report, text: str) -> dict[str, str]:
     """The one verdict whose finding contains text."""
-    matches = [v for v in report["verdicts"] if text in v["finding"]]
+    matches: list[dict[str, str]] = [v for v in report["verdicts"] if text in v["finding"]]
     assert len(matches) == 1, [v["finding"] for v in report["verdicts"]]
     return matches[0]
 
 
 def eth0_of(report: Report) -> dict[str, Any]:
-    (eth0,) = [w for w in report["evidence"]["interfaces"] if w["name"] == "eth0"]
+    interfaces: list[dict[str, Any]] = report["evidence"]["interfaces"]
+    (eth0,) = [w for w in interfaces if w["name"] == "eth0"]
     return eth0
 
 

@@ -108,9 +108,9 @@ def test_a_big_group_neither_repeats_queries_nor_answers_every_one() -> None:
     for i in range(200):  # 200 strangers ask who is there, over 20 s
         q = codec.encode(codec.Query(i.to_bytes(4, "big") + b"newc", 9, 41000, ()))
         core.receive_datagram(q, (f"10.9.{i // 250}.{i % 250 + 1}", 41000), 1010.0 + i * 0.1)
-        sent = _run_datagrams(core, 1010.0 + i * 0.1 + 0.06)
+        datagrams = _run_datagrams(core, 1010.0 + i * 0.1 + 0.06)
         answers += sum(
-            d.to is not None and isinstance(codec.decode(d.data), codec.Beat) for d in sent
+            d.to is not None and isinstance(codec.decode(d.data), codec.Beat) for d in datagrams
         )
     # ~50/200 of them are for us; of those a burst of 4, then one per interval (4 s).
     assert 0 < answers <= cfg.QUERY_ANSWER_BURST + 20 / 4 + 1

@@ -44,7 +44,7 @@ def test_app_dir_on_other_platforms(
     monkeypatch.setenv("HOME", str(tmp_path))
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(identity.sys, "platform", platform)
+    monkeypatch.setattr("lanchat.identity.sys.platform", platform)
     assert identity.app_dir() == Path(expected.replace("HOME", str(tmp_path)))
 
 

@@ -28,6 +28,7 @@ from lanchat.core import Identity, NodeCore
 from lanchat.netif import InterfaceAddress, InterfaceInfo, IPv4Net, choose_interfaces, diff
 from lanchat.render import format_event
 from lanchat.testing import FakeLan
+from lanchat.transport import UdpTransport
 from tests.loopback_helpers import node, until
 
 LANCHAT = [sys.executable, "-m", "lanchat"]
@@ -365,8 +366,10 @@ def test_node_leaves_and_rejoins_its_only_interface(
             gone = await a.refresh_interfaces()
             assert gone == ev.InterfacesChanged((), (lo_address,), ())
             assert a.choice.used == () and a._senders == {}
+            transport = a._transport
+            assert isinstance(transport, UdpTransport)
             with pytest.raises(OSError):  # really left: the kernel has no membership to drop
-                a._transport._membership(
+                transport._membership(
                     InterfaceAddress("lo", lo.ipv4[0].address, lo.index), join=False
                 )
             await a.say("lobby", "into the void")  # nothing to send on: no error either

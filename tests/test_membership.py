@@ -338,7 +338,7 @@ def test_heard_again_makes_an_unreachable_peer_reachable() -> None:
     table = Membership(DEFAULT)
     rec = joined(table)
     table.sweep(T0 + 3)
-    assert rec.state == mb.UNREACHABLE
+    assert rec.info().state == mb.UNREACHABLE
     assert (
         table.on_heard(BOB, 1, "10.0.0.2", T0 + 3.25) == [ev.PeerReachable(rec.info())]
         and rec.state == mb.ALIVE

@@ -12,7 +12,7 @@ STEP = 0.05
 
 
 def lan_of(n: int, seed: int = 0, **kw: float) -> tuple[FakeLan, list[FakeNode]]:
-    lan = FakeLan(seed, **kw)  # type: ignore[arg-type]
+    lan = FakeLan(seed, **kw)
     nodes = [lan.add_node(f"n{i}") for i in range(n)]
     everyone = lambda: all(a.knows(b) for a in nodes for b in nodes if a is not b)  # noqa: E731
     assert lan.run_until(everyone, timeout=10)
@@ -69,7 +69,7 @@ def test_two_seekers_pair_and_talk() -> None:
     lan.run(0.01)
     assert [e.peer.nick for e in b.of_type(ev.PairSought)] == ["n0"]
     lan.call(b, lambda c, now: c.seek_partner(now))
-    assert lan.run_until(lambda: a.of_type(ev.Paired) and b.of_type(ev.Paired), timeout=2)
+    assert lan.run_until(lambda: bool(a.of_type(ev.Paired) and b.of_type(ev.Paired)), timeout=2)
     assert lan.now - start < 0.1  # no loss: one Seek and one round trip
     assert [e.peer.peer_id for e in a.of_type(ev.Paired)] == [b.peer_id]
     assert [e.peer.peer_id for e in b.of_type(ev.Paired)] == [a.peer_id]
@@ -78,7 +78,7 @@ def test_two_seekers_pair_and_talk() -> None:
     assert partner is not None and partner.nick == "n1"
     # The private conversation is direct messages, acknowledged as usual.
     lan.call(a, lambda c, now: c.send_direct(partner.peer_id, "hi stranger", now))
-    assert lan.run_until(lambda: b.of_type(ev.DirectReceived), timeout=1)
+    assert lan.run_until(lambda: bool(b.of_type(ev.DirectReceived)), timeout=1)
     assert b.of_type(ev.DirectReceived)[0].text == "hi stranger"
     # Paired nodes stop seeking: no Seek goes out any more.
     lan.run(5)
@@ -228,9 +228,11 @@ def test_lost_confirms_abort_the_pair_and_both_look_on() -> None:
     lan._deliver = deliver  # type: ignore[method-assign]
     for node in (low, high):
         lan.call(node, lambda core, now: core.seek_partner(now))
-    assert lan.run_until(lambda: low.of_type(ev.Paired), timeout=1)
+    assert lan.run_until(lambda: bool(low.of_type(ev.Paired)), timeout=1)
     assert high.core._pairing.state == pairing.ACCEPTING
-    assert lan.run_until(lambda: low.of_type(ev.PairEnded), timeout=pairing.ACCEPT_GIVE_UP + 1)
+    assert lan.run_until(
+        lambda: bool(low.of_type(ev.PairEnded)), timeout=pairing.ACCEPT_GIVE_UP + 1
+    )
     assert [e.reason for e in low.of_type(ev.PairEnded)] == ["unconfirmed"]
     assert not high.of_type(ev.Paired)
     assert confirms == len(pairing.ACCEPT_DELAYS)  # one Confirm per Accept

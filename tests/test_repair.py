@@ -25,7 +25,7 @@ from lanchat import events as ev
 from lanchat.codec import Gone, Nack
 from lanchat.core import Address, Identity, NodeCore
 from lanchat.errors import ConfigError
-from lanchat.testing import FakeLan, FakeNode, run_timers
+from lanchat.testing import FakeLan, FakeNode, Station, run_timers
 from tests.script_loader import load_script
 from tests.test_codec import REASONS as CODEC_REASONS
 from tests.test_core import Lan, addr, decoded, pid, times
@@ -44,12 +44,12 @@ def drop_first(node: FakeNode, match: Callable[[codec.Message], bool], count: in
     lost: list[Any] = []
     receive = node.core.receive_datagram
 
-    def receive_datagram(data: bytes, source: Address, now: float) -> None:
+    def receive_datagram(data: bytes, source: Address, now: float, **kw: Any) -> None:
         msg = decoded(data)
         if msg is not None and len(lost) < count and match(msg):
             lost.append(msg)
             return
-        receive(data, source, now)
+        receive(data, source, now, **kw)
 
     node.core.receive_datagram = receive_datagram  # type: ignore[method-assign]
     return lost
@@ -557,7 +557,7 @@ def test_repairs_in_a_keyed_group_are_sealed_anew_and_accepted() -> None:
     lan.run(2)
     dropped: list[float] = []
 
-    def lose_next_from_b(src: FakeNode, dst: FakeNode) -> bool:
+    def lose_next_from_b(src: Station, dst: Station) -> bool:
         if src is b and dst is a and not dropped:
             dropped.append(lan.now)
             return True

@@ -272,7 +272,7 @@ def test_every_message_type_round_trips_sealed_within_the_reserve(
 
 
 def test_worst_case_sealed_datagram_of_each_type_fits_1200_bytes() -> None:
-    sizes = {}
+    sizes: dict[str, int] = {}
     for instance in (0, U64_MAX):  # the smallest instance costs most overhead
         sealer = Sealer(KeyRing((K1,)), ALICE, instance)
         for msg in worst_messages(ALICE, instance):
@@ -345,7 +345,7 @@ def test_another_key_is_unknown_key_and_changes_nothing() -> None:
     obs = Observer()
     foreign_alice = Sealer(KeyRing((K2,)), ALICE, ALICE_INSTANCE + 1)
     mallory = Sealer(KeyRing((K2, K1)), MALLORY, 5)  # K1 too, but seals with K2
-    messages = [
+    messages: list[tuple[Sealer, Message]] = [
         (foreign_alice, Beat(ALICE, ALICE_INSTANCE + 1, "evil", "h", 1, "online", "", (), 0, 1)),
         (foreign_alice, Chat(ALICE, ALICE_INSTANCE + 1, 1, "alice", "lobby", "forged")),
         (mallory, Beat(MALLORY, 5, "mallory", "h", 1, "online", "", (), 0, 1000)),
@@ -501,10 +501,10 @@ def test_a_restarted_peer_on_the_fake_lan_is_heard_and_its_old_start_is_not() ->
     captured: list[bytes] = []
     original = b.core.receive_datagram
 
-    def tap(data: bytes, source: tuple[str, int], now: float) -> None:
+    def tap(data: bytes, source: tuple[str, int], now: float, **kw: Any) -> None:
         if source[0] == a.ips[0]:  # a's datagrams, not b's own looped back
             captured.append(data)
-        original(data, source, now)
+        original(data, source, now, **kw)
 
     b.core.receive_datagram = tap  # type: ignore[method-assign]
     lan.call(a, lambda core, now: core.say("lobby", "before", now))
@@ -656,7 +656,11 @@ def test_only_holders_of_the_same_key_see_and_hear_each_other() -> None:
     assert lan.run_until(lambda: a.knows(b) and b.knows(a), timeout=2)
     lan.run(3)
     for node in (a, b, c, d):
-        lan.call(node, lambda core, now, name=node.name: core.say("lobby", f"from {name}", now))
+
+        def say(core: NodeCore, now: float, name: str = node.name) -> int:
+            return core.say("lobby", f"from {name}", now)
+
+        lan.call(node, say)
     lan.run(1)
     heard = {n.name: sorted(e.text for e in n.of_type(ev.ChatReceived)) for n in (a, b, c, d)}
     assert heard == {"a": ["from b"], "b": ["from a"], "c": [], "d": []}
@@ -717,7 +721,11 @@ class Rotation:
         for _ in range(ticks):
             for name, node in self.live.items():
                 text = f"{name} line {len(self.said)}"
-                self.lan.call(node, lambda core, now, text=text: core.say("lobby", text, now))
+
+                def say(core: NodeCore, now: float, text: str = text) -> int:
+                    return core.say("lobby", text, now)
+
+                self.lan.call(node, say)
                 self.said.append((name, text, frozenset(self.live) - {name}))
             self.lan.run(self.TICK)  # every datagram lands within 2 ms: none in flight now
 
