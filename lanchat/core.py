@@ -38,7 +38,7 @@ from lanchat.repair import Repair
 from lanchat.reports import UnauthenticatedReports
 from lanchat.seal import KeyRing, Opener, Sealer
 from lanchat.stats import Stats
-from lanchat.trace import Tracer, kind_of
+from lanchat.trace import GROUP, UNICAST, Tracer, kind_of
 
 __all__ = [
     "RECALL_KEEP",
@@ -54,6 +54,11 @@ __all__ = [
 ]
 
 # Why a datagram was dropped -> the Stats counter it goes to.
+# Types a node only ever unicasts (answers, pings, directs, pairing): arriving on the
+# group socket they are dropped ("misdirected"), never answered.
+_UNICAST_ONLY: Final = (
+    codec.Ping, codec.Pong, codec.Direct, codec.Ack, codec.Pair, codec.Unpair,
+)  # fmt: skip
 _DROP_COUNTERS: Final = {
     "foreign": "foreign",
     "version": "wrong_version",
@@ -456,6 +461,13 @@ class NodeCore:
             if tracer is not None:
                 tracer.datagram_dropped(source, channel, "stale", now)
             return
+        if channel == GROUP and isinstance(msg, _UNICAST_ONLY):
+            # Nothing sends these to the group; the group answering a faked source
+            # would multiply its bytes by the members (PROTOCOL.md 13.3).
+            self.stats.misdirected += 1
+            if tracer is not None:
+                tracer.datagram_dropped(source, channel, "misdirected", now)
+            return
         ip = source[0]
         self._delivery.heard_from(msg.sender)
         if isinstance(msg, codec.Beat):
@@ -485,7 +497,7 @@ class NodeCore:
             return
         self._emit(self.members.on_heard(msg.sender, msg.instance, ip, now))
         self._next_sweep = min(self._next_sweep, self.members.next_check())
-        self._dispatch(msg, source, now)
+        self._dispatch(msg, source, now, channel)
 
     # ------------------------------------------------------------- internals
 
@@ -514,7 +526,7 @@ class NodeCore:
         self._drain(self._reports)
         return counter
 
-    def _dispatch(self, msg: codec.Message, source: Address, now: float) -> None:
+    def _dispatch(self, msg: codec.Message, source: Address, now: float, channel: str = "") -> None:
         """A decoded datagram other than a Beat, from a current instance: to its part."""
         ip = source[0]
         match msg:
@@ -530,7 +542,7 @@ class NodeCore:
                 if late is not None:
                     self._on_chat(msg, late, now)
             case codec.Notice():
-                self._on_notice(msg, ip, now)
+                self._on_notice(msg, source, now, by_unicast=channel == UNICAST)
             case codec.Direct():
                 self._delivery.on_direct(msg, source)
                 self._drain(self._delivery)
@@ -668,12 +680,23 @@ class NodeCore:
             keep = self._catchup.keep_line
             keep(msg.room, msg.sender, msg.instance, msg.seq, msg.nick, msg.text, now)
 
-    def _on_notice(self, msg: codec.Notice, ip: str, now: float) -> None:
+    def _on_notice(
+        self, msg: codec.Notice, source: Address, now: float, *, by_unicast: bool
+    ) -> None:
         if not self.config.member:
             return
         # Every copy is acknowledged: the sender repeats because acks get lost too.
-        ack = codec.Ack(self._id, self._inst, codec.T_NOTICE, msg.seq, msg.instance)
-        self._answer(ack, (ip, msg.uport))
+        # A copy sent to us alone is acked to its source; one sent to the group only
+        # to a known peer's current instance at its verified address, so a faked
+        # source cannot have the whole group answer it (PROTOCOL.md 13.3).
+        ack = codec.encode(codec.Ack(self._id, self._inst, codec.T_NOTICE, msg.seq, msg.instance))
+        if by_unicast:
+            self._unicast_charged(ack, (source[0], msg.uport))
+        else:
+            rec = self.members.get(msg.sender)
+            if rec is not None and rec.instance == msg.instance:
+                for dest in rec.destinations()[:1]:
+                    self._unicast_charged(ack, dest)
         late = self._stream_arrival(msg.sender, msg.instance, msg.seq, msg.nick, now)
         if late is not None:
             self._events.append(

@@ -85,6 +85,12 @@ class Delivery(Part):
         notice = self._notices.get(seq)
         if notice is not None:
             self._multicast(notice.datagram)
+            if not self._member:
+                # A one-shot tool is no known peer: members ack only a Notice that
+                # came by unicast (PROTOCOL.md 13.3), so each known one gets a copy.
+                for rec in self._members:
+                    for dest in rec.destinations()[:1]:
+                        self._out.append(Datagram(notice.datagram, dest))
 
     def _notice_done(self, seq: int, now: float) -> None:
         self._notices.pop(seq, None)

@@ -115,7 +115,7 @@ class FakeNode(Station):
         return [e for e in self.events if isinstance(e, kind)]
 
     def receive(self, data: bytes, source: Address, channel: str) -> None:
-        self.core.receive_datagram(data, source, self.lan.now)  # a bare core: no channel
+        self.core.receive_datagram(data, source, self.lan.now, channel=channel)
         self.lan._service(self)
 
 

@@ -29,6 +29,7 @@ class Stats:
     refused: int = 0  # Beats of new peers past the new-peer rate (section 13)
     off_link: int = 0  # dropped: the source is not on a subnet of ours (and the TTL is 1)
     withheld: int = 0  # answers and pings not sent: more bytes than their destination sent us
+    misdirected: int = 0  # unicast-only types (Ping, Direct, Ack, Pair...) sent to the group
     nacks_sent: int = 0  # repair requests this node multicast
     nacks_suppressed: int = 0  # holes not asked for: another receiver's Nack did
     nacks_received: int = 0  # repair requests for our own stream

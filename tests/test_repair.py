@@ -622,7 +622,9 @@ def test_simulation_reports_every_message_a_crashed_sender_could_not_repair(
         nodes.append(add_node(self, *args, **kwargs))
         return nodes[-1]
 
-    def tracking_receive(self: NodeCore, data: bytes, source: Address, now: float) -> None:
+    def tracking_receive(
+        self: NodeCore, data: bytes, source: Address, now: float, **kw: Any
+    ) -> None:
         msg = decoded(data)
         shown: tuple[bytes, int] | None = None
         if isinstance(msg, codec.Chat | codec.Notice):
@@ -634,7 +636,7 @@ def test_simulation_reports_every_message_a_crashed_sender_could_not_repair(
         if shown is not None:
             key = (id(self), shown[0].hex())
             known[key] = max(known.get(key, 0), shown[1])
-        receive(self, data, source, now)
+        receive(self, data, source, now, **kw)
 
     monkeypatch.setattr(FakeLan, "add_node", tracking_add_node)
     monkeypatch.setattr(NodeCore, "receive_datagram", tracking_receive)
