@@ -413,69 +413,39 @@ class NodeCore:
         """
         self.stats.received += 1
         tracer = self.tracer
-        if self.closed:
-            if tracer is not None:
-                tracer.datagram_dropped(source, channel, "closed", now)
-            return  # a node that said goodbye answers nothing (not even pings)
+        if self.closed:  # a node that said goodbye answers nothing (not even pings)
+            return self._dropped("closed", source, channel, now)
         if not on_link:
-            self.stats.off_link += 1
-            if tracer is not None:
-                tracer.datagram_dropped(source, channel, "off_link", now)
-            return
+            return self._dropped("off_link", source, channel, now)
         # Before decoding (section 13): our own multicast looped back, then the limits.
         sender = codec.peek_sender(data)
         if sender == self._id:
-            self.stats.own += 1
-            if tracer is not None:
-                tracer.datagram_dropped(source, channel, "own", now)
-            return
-        verdict = self.limits.admit(
-            source[0],
-            len(data),
-            now,
-            known=sender is not None and self.members.get(sender) is not None,
-        )
+            return self._dropped("own", source, channel, now)
+        known = sender is not None and self.members.get(sender) is not None
+        verdict = self.limits.admit(source[0], len(data), now, known=known)
         if verdict:
-            if verdict == ratelimit.FLOODED:
-                self.stats.flooded += 1
-            else:
-                self.stats.overloaded += 1
-            if tracer is not None:
-                why = "flooded" if verdict == ratelimit.FLOODED else "overloaded"
-                tracer.datagram_dropped(source, channel, why, now)
-            return
+            why = "flooded" if verdict == ratelimit.FLOODED else "overloaded"
+            return self._dropped(why, source, channel, now)
         try:
             msg = codec.decode(data, self._opener)
         except DecodeError as exc:
-            counter = self._count_drop(exc.reason, source, now)
-            if tracer is not None:
-                tracer.datagram_dropped(source, channel, counter, now)
-            return
+            self._reports.note(exc.reason, source[0], now)
+            self._drain(self._reports)
+            why = _DROP_COUNTERS.get(exc.reason, "malformed")
+            return self._dropped(why, source, channel, now)
         if msg.sender == self._id:
-            self.stats.own += 1
-            if tracer is not None:
-                tracer.datagram_dropped(source, channel, "own", now)
-            return
+            return self._dropped("own", source, channel, now)
         if self.members.is_stale(msg.sender, msg.instance):
-            self.stats.stale += 1
-            if tracer is not None:
-                tracer.datagram_dropped(source, channel, "stale", now)
-            return
+            return self._dropped("stale", source, channel, now)
         if channel == GROUP and isinstance(msg, _UNICAST_ONLY):
             # Nothing sends these to the group; the group answering a faked source
             # would multiply its bytes by the members (PROTOCOL.md 13.3).
-            self.stats.misdirected += 1
-            if tracer is not None:
-                tracer.datagram_dropped(source, channel, "misdirected", now)
-            return
+            return self._dropped("misdirected", source, channel, now)
         ip = source[0]
         self._delivery.heard_from(msg.sender)
         if isinstance(msg, codec.Beat):
             if self.members.get(msg.sender) is None and not self.limits.admit_peer(ip, now):
-                self.stats.refused += 1  # a new peer past the new-peer rate (section 13)
-                if tracer is not None:
-                    tracer.datagram_dropped(source, channel, "refused", now)
-                return
+                return self._dropped("refused", source, channel, now)  # new-peer rate (13.2)
             if tracer is not None:
                 tracer.datagram_accepted(source, channel, "Beat", msg.sender, now)
             self._heartbeat.beat_heard(len(data))
@@ -518,13 +488,12 @@ class NodeCore:
         if self.closed or self._leaving:
             raise ClosedError("the node is closed")
 
-    def _count_drop(self, reason: str, source: Address, now: float) -> str:
-        """Count an undecodable datagram; the Stats counter it went to."""
-        counter = _DROP_COUNTERS.get(reason, "malformed")
-        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-        self._reports.note(reason, source[0], now)
-        self._drain(self._reports)
-        return counter
+    def _dropped(self, counter: str, source: Address, channel: str, now: float) -> None:
+        """Count a dropped datagram under its Stats counter and tell the tracer why."""
+        if hasattr(self.stats, counter):
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        if self.tracer is not None:
+            self.tracer.datagram_dropped(source, channel, counter, now)
 
     def _dispatch(self, msg: codec.Message, source: Address, now: float, channel: str = "") -> None:
         """A decoded datagram other than a Beat, from a current instance: to its part."""

@@ -190,13 +190,13 @@ def test_a_recall_answer_without_its_timer_is_caught(monkeypatch: pytest.MonkeyP
 
 
 def test_a_miscounted_drop_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = NodeCore._count_drop
+    original = NodeCore._dropped
 
-    def count(self: NodeCore, reason: str, source: core.Address, now: float) -> None:
-        if reason != "version":
-            original(self, reason, source, now)
+    def count(self: NodeCore, counter: str, source: core.Address, channel: str, now: float) -> None:
+        if counter != "wrong_version":
+            original(self, counter, source, channel, now)
 
-    monkeypatch.setattr(NodeCore, "_count_drop", count)
+    monkeypatch.setattr(NodeCore, "_dropped", count)
     r = fuzz.run(3_000, seed=5, keyed=False)
     assert _kinds(r) == {"counters"}
 
