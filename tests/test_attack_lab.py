@@ -221,7 +221,10 @@ def test_a_forged_ping_or_chat_cannot_add_an_address_to_a_peer(
 # ------------------------------------------------------------------- 3. seq jump
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, open: a Chat's seq is not yet bounded by what the sender's Beats announced")
+@pytest.mark.xfail(
+    strict=True,
+    reason=("issue 14, open: a Chat's seq is not yet bounded by what the sender's Beats announced"),
+)
 def test_a_forged_seq_jump_neither_silences_a_peer_nor_reports_absurd_loss(
     scene: Scene, tmp_path: Path
 ) -> None:
@@ -302,7 +305,13 @@ AMPLIFIER_FIRST_OCTET = 110  # the victim's forged addresses are .110 and up (la
 KNOWN_ID_TYPES = ("Notice", "Nack", "Recall")  # where a known member's id matters
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, open: every member probes a faked source's address after a multicast Beat, Bye, Notice or Nack (5 members: up to 3.6x)")
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 14, open: every member probes a faked source's address after a multicast "
+        "Beat, Bye, Notice or Nack (5 members: up to 3.6x)"
+    ),
+)
 def test_no_datagram_type_makes_the_group_an_amplifier(
     lab: Lab, net: LanchatNet, tmp_path: Path
 ) -> None:
@@ -488,7 +497,10 @@ REPORT_SOURCES = 300
 MAX_REPORT_LINES = 5  # aggregated per 10 s across sources: a few lines, not hundreds
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, open: key-mismatch reports are per source, not aggregated across sources")
+@pytest.mark.xfail(
+    strict=True,
+    reason=("issue 14, open: key-mismatch reports are per source, not aggregated across sources"),
+)
 def test_key_mismatches_from_many_sources_make_few_report_lines(
     lab: Lab, net: LanchatNet, tmp_path: Path
 ) -> None:
@@ -538,7 +550,13 @@ def peer_states(listener: Listener, peer_ids: set[str]) -> dict[str, tuple[Any, 
     return states
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, open: mutated Byes and same-instance Beats from verified addresses still change peers")
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 14, open: mutated Byes and same-instance Beats from verified addresses "
+        "still change peers"
+    ),
+)
 def test_a_storm_of_mutated_datagrams_changes_no_peer_and_crashes_nothing(
     lab: Lab, net: LanchatNet, scene: Scene, tmp_path: Path
 ) -> None:
