@@ -33,7 +33,6 @@ from lanchat import config as cfg
 from lanchat import events as ev
 from lanchat.codec import check_room
 from lanchat.commands import (
-    COMMANDS,
     Away,
     Back,
     Command,
@@ -66,57 +65,18 @@ from lanchat.render import (
     error_fragments,
     event_fragments,
     fit,
-    format_event,
     format_peers,
     format_rooms,
     format_who,
     in_flight_fragments,
     info_fragments,
-    nick_style,
     notice_sent_fragments,
     outcome_state,
     plain,
     sanitize,
 )
 
-# The names this module offered before commands and rendering moved out stay importable here.
-__all__ = [
-    "COMMANDS",
-    "Away",
-    "Back",
-    "Clock",
-    "Command",
-    "Help",
-    "Invalid",
-    "Join",
-    "Leave",
-    "Msg",
-    "Nick",
-    "Notice",
-    "Peers",
-    "Quit",
-    "Random",
-    "Rooms",
-    "Say",
-    "SentDirect",
-    "Who",
-    "ansi",
-    "completions",
-    "entry_fragments",
-    "event_fragments",
-    "format_event",
-    "format_peers",
-    "format_rooms",
-    "format_who",
-    "help_lines",
-    "loop_clock",
-    "nick_style",
-    "parse_line",
-    "plain",
-    "read_lines",
-    "run_join",
-    "sanitize",
-]
+__all__ = ["Clock", "loop_clock", "read_lines", "run_join"]
 
 # At exit, wait this long at most for direct messages still in flight: their
 # retries give up after cfg.DIRECT_GIVE_UP (5 s), so 6 s sees every outcome.
